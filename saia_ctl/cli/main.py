@@ -1,0 +1,54 @@
+"""The `saia-ctl` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from . import common, db_cmd, init_cmd, services_cmd
+
+app = typer.Typer(
+    name="saia-ctl",
+    help="Host web services (OpenAI-compatible LLM inference) on Slurm GPU nodes, reached through a "
+    "forced SSH command, with per-user and per-service accounting.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def main(
+    home: Annotated[
+        str | None,
+        typer.Option("--home", help="State directory (database, logs, job output); overrides SAIA_HOME."),
+    ] = None,
+) -> None:
+    """saia-ctl: a Slurm-native control plane for LLM inference services."""
+    common.set_home(home)
+
+
+app.add_typer(db_cmd.app, name="db")
+app.command("init")(init_cmd.init)
+app.add_typer(services_cmd.app, name="services")
+
+# Command groups owned by the other modules register themselves here.
+for _module in ("tick_cmd", "jobs_cmd", "report_cmd", "requests_cmd", "metrics_cmd", "proxy_cmd"):
+    try:
+        _mod = __import__(f"{__package__}.{_module}", fromlist=["register"])
+    except ModuleNotFoundError as _e:
+        if _e.name != f"{__package__}.{_module}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    if os.environ.get("SAIA_DEBUG") != "1":
+        sys.tracebacklimit = 0
+    app()

@@ -1,0 +1,293 @@
+"""Import of the original SAIA ``config.json`` (see ``shared/spec/config.md``).
+
+Validation happens in full before anything is written: a bad file changes
+nothing, and every error names the service and the key. Unknown keys are kept
+(in ``services.config_json``) and reported as warnings. Importing again
+updates services in place; services no longer in the file are disabled, never
+deleted, so the history of their jobs and requests stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .durations import DurationError, parse_duration
+from .models import Service, ServiceState
+
+ID_RE = re.compile(r"^[A-Za-z0-9._+-]{1,256}$")
+
+REQUIRED_KEYS = (
+    "name",
+    "id",
+    "owned_by",
+    "input",
+    "output",
+    "sbatch",
+    "inferences_per_instance",
+    "maximum_number_instances",
+    "minimum_number_instances",
+    "job_expiry_time",
+)
+
+
+@dataclass(frozen=True)
+class OptionalKey:
+    """A key saia-ctl adds to the original format: optional, with a default."""
+
+    name: str
+    default: float
+    help: str
+    is_duration: bool = True
+
+
+# Defaults reproduce the original where it had the behaviour; the README documents each.
+OPTIONAL_KEYS: tuple[OptionalKey, ...] = (
+    OptionalKey(
+        "ready_timeout",
+        1800,
+        "How long a started job may take to answer GET / before it is cancelled and replaced.",
+    ),
+    OptionalKey(
+        "idle_timeout",
+        900,
+        "With minimum_number_instances 0: idle time (no request in flight) before scaling to zero.",
+    ),
+    OptionalKey(
+        "scale_down_cooldown",
+        120,
+        "How long the wanted number of jobs must stay below the running number before one is drained.",
+    ),
+    OptionalKey(
+        "health_failures",
+        3,
+        "Failed GET /health probes in a row before a ready job is replaced.",
+        is_duration=False,
+    ),
+    OptionalKey(
+        "request_hold_time",
+        30,
+        "How long a request waits for a starting job before it is answered 503.",
+    ),
+)
+_OPTIONAL = {k.name: k for k in OPTIONAL_KEYS}
+
+
+class ConfigError(ValueError):
+    """config.json cannot be imported; the message names service and key."""
+
+
+@dataclass
+class ServiceConfig:
+    id: str
+    name: str
+    owned_by: str
+    input: list[Any]
+    output: list[Any]
+    sbatch: str
+    inferences_per_instance: int
+    maximum_number_instances: int
+    minimum_number_instances: int
+    job_expiry_time: int
+    options: dict[str, float]
+    raw: dict[str, Any]
+
+
+@dataclass
+class ImportResult:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _where(index: int, raw: Any) -> str:
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]:
+        return f"service {raw['id']!r}"
+    return f"service #{index + 1}"
+
+
+def _int(where: str, key: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: key {key!r} must be a whole number, not {json.dumps(value)}")
+    if value < minimum:
+        raise ConfigError(f"{where}: key {key!r} must be at least {minimum}, not {value}")
+    return value
+
+
+def _text(where: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: key {key!r} must be a non-empty string, not {json.dumps(value)}")
+    return value
+
+
+def _duration(where: str, key: str, value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except DurationError as e:
+            raise ConfigError(f"{where}: key {key!r}: {e}") from None
+        if seconds is None:
+            raise ConfigError(f"{where}: key {key!r} must be a finite duration, not {value!r}")
+        return seconds
+    raise ConfigError(
+        f"{where}: key {key!r} must be a duration string (MM:SS, H:MM:SS or D-HH:MM:SS), "
+        f"not {json.dumps(value)}"
+    )
+
+
+def _option(where: str, key: OptionalKey, value: Any) -> float:
+    if key.is_duration and isinstance(value, str):
+        return float(_duration(where, key.name, value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        kind = "a duration string or a number of seconds" if key.is_duration else "a whole number"
+        raise ConfigError(f"{where}: key {key.name!r} must be {kind} (at least 0), not {json.dumps(value)}")
+    if not key.is_duration and not isinstance(value, int):
+        raise ConfigError(f"{where}: key {key.name!r} must be a whole number, not {json.dumps(value)}")
+    return float(value)
+
+
+def parse_service(index: int, raw: Any, base_dir: str, warnings: list[str]) -> ServiceConfig:
+    where = _where(index, raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be an object, not {json.dumps(raw)[:60]}")
+    for key in REQUIRED_KEYS:
+        if key not in raw:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    sid = raw["id"]
+    if not isinstance(sid, str) or not ID_RE.match(sid):
+        raise ConfigError(
+            f"{where}: key 'id' must be 1-256 characters of A-Z a-z 0-9 . _ - +, not {json.dumps(sid)}"
+        )
+    name = _text(where, "name", raw["name"])
+    owned_by = _text(where, "owned_by", raw["owned_by"])
+    for key in ("input", "output"):
+        if not isinstance(raw[key], list) or not all(isinstance(x, str) for x in raw[key]):
+            raise ConfigError(f"{where}: key {key!r} must be a list of strings, not {json.dumps(raw[key])}")
+    sbatch = _text(where, "sbatch", raw["sbatch"])
+    path = sbatch if os.path.isabs(sbatch) else os.path.join(base_dir, sbatch)
+    path = os.path.normpath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: key 'sbatch': no such file: {path}")
+    ipi = _int(where, "inferences_per_instance", raw["inferences_per_instance"], 1)
+    maximum = _int(where, "maximum_number_instances", raw["maximum_number_instances"])
+    minimum = _int(where, "minimum_number_instances", raw["minimum_number_instances"])
+    if minimum > maximum:
+        raise ConfigError(
+            f"{where}: key 'minimum_number_instances' ({minimum}) is above "
+            f"'maximum_number_instances' ({maximum})"
+        )
+    expiry = _duration(where, "job_expiry_time", raw["job_expiry_time"])
+    options: dict[str, float] = {}
+    for key in OPTIONAL_KEYS:
+        options[key.name] = _option(where, key, raw[key.name]) if key.name in raw else key.default
+    if options["health_failures"] < 1:
+        raise ConfigError(f"{where}: key 'health_failures' must be at least 1")
+    for key in raw:
+        if key not in REQUIRED_KEYS and key not in _OPTIONAL:
+            warnings.append(f"{where}: unknown key {key!r} kept as it is")
+    return ServiceConfig(
+        id=sid,
+        name=name,
+        owned_by=owned_by,
+        input=list(raw["input"]),
+        output=list(raw["output"]),
+        sbatch=path,
+        inferences_per_instance=ipi,
+        maximum_number_instances=maximum,
+        minimum_number_instances=minimum,
+        job_expiry_time=expiry,
+        options=options,
+        raw=raw,
+    )
+
+
+def load_config(path: str) -> tuple[list[ServiceConfig], list[str]]:
+    """Read and validate a config.json; returns the services and warnings."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be an object with a 'services' list")
+    if "services" not in doc:
+        raise ConfigError(f"{path}: missing required key 'services'")
+    if not isinstance(doc["services"], list):
+        raise ConfigError(f"{path}: key 'services' must be a list")
+    warnings = [f"{path}: unknown top-level key {k!r} ignored" for k in doc if k != "services"]
+    base_dir = os.path.dirname(os.path.abspath(path))
+    services = [parse_service(i, raw, base_dir, warnings) for i, raw in enumerate(doc["services"])]
+    seen: set[str] = set()
+    for s in services:
+        if s.id in seen:
+            raise ConfigError(f"service {s.id!r}: key 'id' appears twice in {path}")
+        seen.add(s.id)
+    return services, warnings
+
+
+def _columns(cfg: ServiceConfig) -> dict[str, Any]:
+    return {
+        "name": cfg.name,
+        "owned_by": cfg.owned_by,
+        "input": json.dumps(cfg.input),
+        "output": json.dumps(cfg.output),
+        "sbatch": cfg.sbatch,
+        "inferences_per_instance": cfg.inferences_per_instance,
+        "minimum_number_instances": cfg.minimum_number_instances,
+        "maximum_number_instances": cfg.maximum_number_instances,
+        "job_expiry_time": cfg.job_expiry_time,
+        "ready_timeout": int(cfg.options["ready_timeout"]),
+        "idle_timeout": int(cfg.options["idle_timeout"]),
+        "scale_down_cooldown": int(cfg.options["scale_down_cooldown"]),
+        "health_failures": int(cfg.options["health_failures"]),
+        "request_hold_time": cfg.options["request_hold_time"],
+        "enabled": True,
+        "config_json": json.dumps(cfg.raw, sort_keys=True),
+    }
+
+
+def apply_config(session: Session, services: list[ServiceConfig], now: datetime | None = None) -> ImportResult:
+    """Create or update services in place (caller owns the transaction)."""
+    now = now or datetime.now(timezone.utc)
+    result = ImportResult()
+    existing = {s.id: s for s in session.scalars(select(Service))}
+    for cfg in services:
+        values = _columns(cfg)
+        row = existing.get(cfg.id)
+        if row is None:
+            session.add(Service(id=cfg.id, created_at=now, updated_at=now, **values))
+            session.add(ServiceState(service_id=cfg.id, load_avg=0.0, target=0))
+            result.created.append(cfg.id)
+            continue
+        changed = [k for k, v in values.items() if getattr(row, k) != v]
+        for k in changed:
+            setattr(row, k, values[k])
+        if changed:
+            row.updated_at = now
+            result.updated.append(cfg.id)
+        else:
+            result.unchanged.append(cfg.id)
+        if session.get(ServiceState, cfg.id) is None:
+            session.add(ServiceState(service_id=cfg.id, load_avg=0.0, target=0))
+    wanted = {cfg.id for cfg in services}
+    for sid, row in existing.items():
+        if sid not in wanted and row.enabled:
+            row.enabled = False
+            row.updated_at = now
+            result.disabled.append(sid)
+    return result

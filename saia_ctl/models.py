@@ -1,0 +1,246 @@
+"""The schema: SQLAlchemy 2 typed models.
+
+Times are stored as UTC epoch seconds (REAL) so that the standard-library
+request path (``route.py``) can read and write them with ``time.time()`` and
+plain SQL; the ORM sees timezone-aware UTC ``datetime`` objects.
+``route.py`` repeats the column names it uses; ``tests/test_schema_agreement.py``
+proves the two agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCTimestamp(TypeDecorator[datetime]):
+    """Aware UTC datetime in Python, epoch seconds (REAL) in the database."""
+
+    impl = Float
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | float | None, dialect: Dialect) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, (int, float)):
+            return float(value)
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.timestamp()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCTimestamp()}
+
+
+class JobState(str, enum.Enum):
+    SUBMITTING = "submitting"  # row written, sbatch not yet known to have succeeded
+    PENDING = "pending"  # in the Slurm queue, not running
+    STARTING = "starting"  # running, the service does not answer yet
+    READY = "ready"  # answers GET /; receives requests
+    DRAINING = "draining"  # gets no new requests; cancelled once its in-flight requests end
+    ENDED = "ended"  # gone from Slurm, or given up; see end_reason
+
+
+LIVE_JOB_STATES = (
+    JobState.SUBMITTING,
+    JobState.PENDING,
+    JobState.STARTING,
+    JobState.READY,
+    JobState.DRAINING,
+)
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"  # the backend answered with a status below 400 and the answer was delivered whole
+    ERROR = "error"  # 4xx/5xx, no backend, or the backend broke off mid-answer
+    ABORTED = "aborted"  # the client (SSH session) went away before the answer ended
+
+
+def _values(e: type[enum.Enum]) -> str:
+    return ", ".join(f"'{m.value}'" for m in e)
+
+
+class Service(Base):
+    """A service from config.json; updated in place by `saia-ctl init`, never deleted."""
+
+    __tablename__ = "services"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    name: Mapped[str] = mapped_column(String(512))
+    owned_by: Mapped[str] = mapped_column(String(512))
+    input: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    output: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    sbatch: Mapped[str] = mapped_column(Text)  # absolute path of the batch script
+    inferences_per_instance: Mapped[int] = mapped_column(Integer)
+    minimum_number_instances: Mapped[int] = mapped_column(Integer)
+    maximum_number_instances: Mapped[int] = mapped_column(Integer)
+    job_expiry_time: Mapped[int] = mapped_column(Integer)  # seconds
+    # saia-ctl's optional keys (see README, "Service keys")
+    ready_timeout: Mapped[int] = mapped_column(Integer)  # seconds a job may take to answer GET /
+    idle_timeout: Mapped[int] = mapped_column(Integer)  # seconds idle before scaling to zero (min 0)
+    scale_down_cooldown: Mapped[int] = mapped_column(Integer)  # seconds the target must stay lower
+    health_failures: Mapped[int] = mapped_column(Integer)  # failed health checks in a row before replacing
+    request_hold_time: Mapped[float] = mapped_column(Float)  # seconds a request waits for a starting job
+    enabled: Mapped[bool] = mapped_column(default=True)  # false once dropped from config.json
+    config_json: Mapped[str] = mapped_column(Text)  # the service's object as imported, unknown keys kept
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="service")
+
+    __table_args__ = (
+        CheckConstraint("inferences_per_instance >= 1", name="inferences_per_instance"),
+        CheckConstraint(
+            "minimum_number_instances >= 0 AND minimum_number_instances <= maximum_number_instances",
+            name="instances",
+        ),
+        CheckConstraint("job_expiry_time >= 0", name="job_expiry_time"),
+    )
+
+
+class ServiceState(Base):
+    """What the scheduler remembers about a service between ticks."""
+
+    __tablename__ = "service_states"
+
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id"), primary_key=True)
+    load_avg: Mapped[float] = mapped_column(Float, default=0.0)  # moving average of in-flight requests
+    sampled_at: Mapped[datetime | None]
+    target: Mapped[int] = mapped_column(Integer, default=0)  # last target the planner chose
+    lower_since: Mapped[datetime | None]  # since when the wanted count has been below the live count
+    last_busy_at: Mapped[datetime | None]  # last time a request was in flight
+    demand_at: Mapped[datetime | None]  # last request that found no ready job (written by route.py)
+
+
+class Job(Base):
+    """One Slurm batch job we submitted for a service."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)  # Slurm job name; leads back to this row
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id"), index=True)
+    slurm_job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.SUBMITTING.value)
+    node: Mapped[str | None] = mapped_column(String(256))
+    port: Mapped[int] = mapped_column(Integer)
+    secret: Mapped[str] = mapped_column(String(128))  # bearer token the backend requires
+    submitted_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    ready_at: Mapped[datetime | None]
+    draining_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    walltime_limit: Mapped[int | None] = mapped_column(Integer)  # seconds; None = unlimited/unknown
+    gpus: Mapped[int] = mapped_column(Integer, default=0)  # GPUs Slurm allocated
+    end_reason: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    health_failures: Mapped[int] = mapped_column(Integer, default=0)
+    replaces_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))  # rotation
+
+    service: Mapped[Service] = relationship(back_populates="jobs")
+
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_values(JobState)})", name="state"),
+        CheckConstraint("(state = 'ended') = (ended_at IS NOT NULL)", name="ended"),
+        # A port belongs to at most one live job: enforced here, not only in code.
+        Index(
+            "uq_jobs_live_port",
+            "port",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+        ),
+        Index("ix_jobs_live_service", "service_id", "state", sqlite_where=text("ended_at IS NULL")),
+    )
+
+
+class Request(Base):
+    """One request that passed validation (written by route.py)."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inference_id: Mapped[str] = mapped_column(String(300), unique=True)
+    user_id: Mapped[str] = mapped_column(String(256))
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    method: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(300))
+    started_at: Mapped[datetime]
+    first_byte_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    status: Mapped[int | None] = mapped_column(Integer)  # HTTP status sent to the client
+    outcome: Mapped[str | None] = mapped_column(String(16))  # None while in flight
+    bytes_in: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_out: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    handler_host: Mapped[str] = mapped_column(String(256))  # login node running the handler
+    handler_pid: Mapped[int] = mapped_column(Integer)  # so a tick can close rows of dead handlers
+
+    __table_args__ = (
+        CheckConstraint(f"outcome IS NULL OR outcome IN ({_values(Outcome)})", name="outcome"),
+        CheckConstraint("(outcome IS NULL) = (ended_at IS NULL)", name="ended"),
+        Index("ix_requests_started_at", "started_at"),
+        Index("ix_requests_service_started", "service_id", "started_at"),
+        Index("ix_requests_user_started", "user_id", "started_at"),
+        Index("ix_requests_in_flight", "service_id", "job_id", sqlite_where=text("ended_at IS NULL")),
+    )
+
+
+class SchedulerLease(Base):
+    """Single row: who runs the tick now. Expires, so a killed tick cannot wedge the next."""
+
+    __tablename__ = "scheduler_lease"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(256))
+    acquired_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class Tick(Base):
+    """Log of one scheduler tick: what it saw, decided and did."""
+
+    __tablename__ = "ticks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    duration: Mapped[float | None] = mapped_column(Float)  # seconds
+    holder: Mapped[str] = mapped_column(String(256))
+    summary: Mapped[str] = mapped_column(Text, default="")  # one line per service, human readable
+    actions: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of what was done
+    error: Mapped[str | None] = mapped_column(Text)
