@@ -41,6 +41,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("SAIA_BUSY_TIMEOUT", "30", "Seconds a connection waits for the SQLite write lock."),
     Setting("SAIA_SLURM_BIN", "", "Folder holding sbatch/squeue/scancel/scontrol; default: PATH."),
+    Setting(
+        "SAIA_SLURM_CONF",
+        "",
+        "slurm.conf for the Slurm commands (exported as SLURM_CONF); default: Slurm's own lookup.",
+    ),
     Setting("SAIA_SLURM_TIMEOUT", "30", "Seconds before a Slurm command is given up."),
     Setting(
         "SAIA_JOB_PREFIX",
@@ -134,6 +139,10 @@ class Settings:
     @property
     def slurm_bin(self) -> str:
         return self._values["SAIA_SLURM_BIN"]
+
+    @property
+    def slurm_conf(self) -> str:
+        return self._values["SAIA_SLURM_CONF"]
 
     @property
     def slurm_timeout(self) -> float:
