@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,12 +24,11 @@ from .models import Service, ServiceState
 
 ID_RE = re.compile(r"^[A-Za-z0-9._+-]{1,256}$")
 
+# As the original `scheduler.py init` required them; input/output default to [] there too.
 REQUIRED_KEYS = (
     "name",
     "id",
     "owned_by",
-    "input",
-    "output",
     "sbatch",
     "inferences_per_instance",
     "maximum_number_instances",
@@ -170,8 +169,9 @@ def parse_service(index: int, raw: Any, base_dir: str, warnings: list[str]) -> S
     name = _text(where, "name", raw["name"])
     owned_by = _text(where, "owned_by", raw["owned_by"])
     for key in ("input", "output"):
-        if not isinstance(raw[key], list) or not all(isinstance(x, str) for x in raw[key]):
-            raise ConfigError(f"{where}: key {key!r} must be a list of strings, not {json.dumps(raw[key])}")
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{where}: key {key!r} must be a list of strings, not {json.dumps(value)}")
     sbatch = _text(where, "sbatch", raw["sbatch"])
     path = sbatch if os.path.isabs(sbatch) else os.path.join(base_dir, sbatch)
     path = os.path.normpath(path)
@@ -187,19 +187,19 @@ def parse_service(index: int, raw: Any, base_dir: str, warnings: list[str]) -> S
         )
     expiry = _duration(where, "job_expiry_time", raw["job_expiry_time"])
     options: dict[str, float] = {}
-    for key in OPTIONAL_KEYS:
-        options[key.name] = _option(where, key, raw[key.name]) if key.name in raw else key.default
+    for opt in OPTIONAL_KEYS:
+        options[opt.name] = _option(where, opt, raw[opt.name]) if opt.name in raw else opt.default
     if options["health_failures"] < 1:
         raise ConfigError(f"{where}: key 'health_failures' must be at least 1")
     for key in raw:
-        if key not in REQUIRED_KEYS and key not in _OPTIONAL:
+        if key not in REQUIRED_KEYS and key not in _OPTIONAL and key not in ("input", "output"):
             warnings.append(f"{where}: unknown key {key!r} kept as it is")
     return ServiceConfig(
         id=sid,
         name=name,
         owned_by=owned_by,
-        input=list(raw["input"]),
-        output=list(raw["output"]),
+        input=list(raw.get("input", [])),
+        output=list(raw.get("output", [])),
         sbatch=path,
         inferences_per_instance=ipi,
         maximum_number_instances=maximum,
@@ -261,9 +261,11 @@ def _columns(cfg: ServiceConfig) -> dict[str, Any]:
     }
 
 
-def apply_config(session: Session, services: list[ServiceConfig], now: datetime | None = None) -> ImportResult:
+def apply_config(
+    session: Session, services: list[ServiceConfig], now: datetime | None = None
+) -> ImportResult:
     """Create or update services in place (caller owns the transaction)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     result = ImportResult()
     existing = {s.id: s for s in session.scalars(select(Service))}
     for cfg in services:

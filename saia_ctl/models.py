@@ -10,7 +10,7 @@ proves the two agree.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -55,7 +55,7 @@ class UTCTimestamp(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        return datetime.fromtimestamp(float(value), tz=UTC)
 
 
 class Base(DeclarativeBase):
@@ -63,7 +63,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCTimestamp()}
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     SUBMITTING = "submitting"  # row written, sbatch not yet known to have succeeded
     PENDING = "pending"  # in the Slurm queue, not running
     STARTING = "starting"  # running, the service does not answer yet
@@ -81,7 +81,7 @@ LIVE_JOB_STATES = (
 )
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     OK = "ok"  # the backend answered with a status below 400 and the answer was delivered whole
     ERROR = "error"  # 4xx/5xx, no backend, or the backend broke off mid-answer
     ABORTED = "aborted"  # the client (SSH session) went away before the answer ended
@@ -244,3 +244,89 @@ class Tick(Base):
     summary: Mapped[str] = mapped_column(Text, default="")  # one line per service, human readable
     actions: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of what was done
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# --- Accounting rollups (written by `saia-ctl db prune`, read by `saia-ctl report`) ---
+#
+# A month's figures are kept here before its request rows are deleted, so a
+# report of a pruned month comes out byte-identical. Every table is keyed by
+# the month ("YYYY-MM") and the time zone its window was cut in.
+
+
+class RollupMonth(Base):
+    """A month whose figures are kept in the rollup tables (its requests may be pruned)."""
+
+    __tablename__ = "rollup_months"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    start_at: Mapped[datetime]  # first instant of the month in tz
+    end_at: Mapped[datetime]  # first instant of the next month in tz
+    made_at: Mapped[datetime]
+
+
+class RollupUsage(Base):
+    """Request figures of a month per user x service; '' stands for "all users" / "all services"."""
+
+    __tablename__ = "rollup_usage"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    errors_4xx: Mapped[int] = mapped_column(Integer)
+    errors_5xx: Mapped[int] = mapped_column(Integer)
+    aborted: Mapped[int] = mapped_column(Integer)
+    in_flight: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    duration_p50: Mapped[float | None] = mapped_column(Float)  # seconds
+    duration_p95: Mapped[float | None] = mapped_column(Float)
+    ttfb_p50: Mapped[float | None] = mapped_column(Float)
+    ttfb_p95: Mapped[float | None] = mapped_column(Float)
+    gpu_seconds: Mapped[float] = mapped_column(Float)  # attributed GPU time, unrounded
+
+
+class RollupService(Base):
+    """GPU figures of a month per service (seconds, unrounded)."""
+
+    __tablename__ = "rollup_services"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer)
+    jobs_open: Mapped[int] = mapped_column(Integer)
+    job_seconds: Mapped[float] = mapped_column(Float)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    idle_gpu_seconds: Mapped[float] = mapped_column(Float)
+    idle_ready_gpu_seconds: Mapped[float] = mapped_column(Float)
+    ready_seconds: Mapped[float] = mapped_column(Float)
+    submit_to_ready_median: Mapped[float | None] = mapped_column(Float)
+
+
+class RollupDay(Base):
+    """Requests per local day and service of a month (the report's chart)."""
+
+    __tablename__ = "rollup_days"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD in tz
+    requests: Mapped[int] = mapped_column(Integer)
+
+
+class PrunedTotal(Base):
+    """Counts of deleted request rows, so the metrics counters never go down."""
+
+    __tablename__ = "pruned_totals"
+
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)  # '' for rows never closed
+    requests: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)

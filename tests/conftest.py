@@ -26,7 +26,7 @@ from saia_ctl.migrate import upgrade  # noqa: E402
 from saia_ctl.settings import Settings  # noqa: E402
 
 try:  # the real-cluster fixtures (cluster, ...)
-    from tests.cluster_fixture import *  # noqa: F403,E402
+    from tests.cluster_fixture import *  # noqa: F403
 except ModuleNotFoundError as e:  # pragma: no cover - only while it is being written
     if e.name != "tests.cluster_fixture":
         raise

@@ -15,14 +15,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from tabulate import tabulate
 
 from ..settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 # Set by the top-level callback (`--home`).
 _STATE: dict[str, str | None] = {"home": None}
@@ -32,7 +32,7 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
@@ -70,6 +70,8 @@ def warn(message: str) -> None:
 
 
 def _message(exc: BaseException) -> str:
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
     if isinstance(exc, OperationalError):
         text = str(exc.orig) if exc.orig is not None else str(exc)
         return f"database: {text}"
@@ -89,7 +91,7 @@ def errors_as_messages() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # noqa: BLE001 - the whole point: no tracebacks for users
+    except Exception as exc:
         if os.environ.get("SAIA_DEBUG") == "1":
             raise
         fail(_message(exc))
@@ -109,6 +111,8 @@ def render(rows: Sequence[dict[str, Any]], fmt: Format, columns: Sequence[str] |
         return buf.getvalue().rstrip("\n")
     if not rows:
         return "(none)"
+    from tabulate import tabulate
+
     return tabulate([[_cell(row.get(c)) for c in cols] for row in rows], headers=cols)
 
 

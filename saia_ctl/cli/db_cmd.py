@@ -6,7 +6,9 @@ import typer
 
 from . import common
 
-app = typer.Typer(help="Database schema: upgrade to the newest migration, show the current one.", no_args_is_help=True)
+app = typer.Typer(
+    help="Database schema: upgrade to the newest migration, show the current one.", no_args_is_help=True
+)
 
 
 @app.command("upgrade")
