@@ -1,0 +1,135 @@
+"""Planning time of one scheduler tick: 100 services, 1,000 jobs, FakeSlurm (goal < 100 ms CPU).
+
+Usage: .venv/bin/python bench/tick.py [--services 100] [--jobs 1000] [--runs 7]
+
+Prints the CPU time of the pure planner and of a whole steady-state tick
+(snapshot + one squeue + plan + writes; probes answered in memory), medians
+of several runs, and checks that each tick made exactly one squeue call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import text
+
+from saia_ctl.db import engine_for, write_session
+from saia_ctl.migrate import upgrade
+from saia_ctl.scheduler.names import job_name, name_prefix
+from saia_ctl.scheduler.observe import probe_targets, read_slurm, read_snapshot
+from saia_ctl.scheduler.plan import plan_tick
+from saia_ctl.scheduler.probes import ProbeTarget
+from saia_ctl.scheduler.tick import run_tick
+from saia_ctl.scheduler.views import Observation, ProbeResult
+from saia_ctl.settings import Settings
+from saia_ctl.slurm_fake import FakeSlurm
+
+
+def healthy(targets: Sequence[ProbeTarget], timeout: float) -> dict[int, ProbeResult]:
+    return {t.job_id: ProbeResult(True, f"GET {t.path}: 200") for t in targets}
+
+
+def setup(home: str, n_services: int, n_jobs: int) -> tuple[Settings, FakeSlurm]:
+    settings = Settings(home=home, environ={"SAIA_PORT_RANGE": "20000-29999", "SAIA_JOB_PREFIX": "bench"})
+    engine = engine_for(settings)
+    upgrade(engine)
+    script = os.path.join(home, "x.sbatch")
+    Path(script).write_text("#!/bin/bash\n")
+    now = time.time()
+    fake = FakeSlurm(time.time, time_limit=86400)
+    per = n_jobs // n_services
+    with write_session(engine) as s:
+        for i in range(n_services):
+            sid = f"service-{i:03d}"
+            s.execute(
+                text(
+                    "INSERT INTO services (id, name, owned_by, input, output, sbatch, inferences_per_instance, "
+                    "minimum_number_instances, maximum_number_instances, job_expiry_time, ready_timeout, "
+                    "idle_timeout, scale_down_cooldown, health_failures, request_hold_time, enabled, config_json, "
+                    "created_at, updated_at) VALUES (:id, :id, 'bench', '[]', '[]', :sb, 1, :n, :n, 600, 1800, "
+                    "900, 120, 3, 30, 1, '{}', :now, :now)"
+                ),
+                {"id": sid, "sb": script, "n": per, "now": now},
+            )
+            s.execute(
+                text("INSERT INTO service_states (service_id, load_avg, target) VALUES (:id, 0, 0)"),
+                {"id": sid},
+            )
+        port = 20000
+        for i in range(n_services):
+            sid = f"service-{i:03d}"
+            for _ in range(per):
+                r = s.connection().execute(
+                    text(
+                        "INSERT INTO jobs (name, service_id, state, port, secret, submitted_at, gpus, "
+                        "health_failures) VALUES (:n, :sid, 'pending', :p, 'x', :now, 0, 0)"
+                    ),
+                    {"n": f"tmp-{port}", "sid": sid, "p": port, "now": now - 60},
+                )
+                jid = int(r.lastrowid)
+                name = job_name("bench", jid, sid)
+                slurm_id = fake.submit(script, name=name, port=port, env={}, workdir=home, output="x")
+                fake.start(slurm_id, node=f"gpu{port % 50}")
+                s.execute(
+                    text("UPDATE jobs SET name = :n, slurm_job_id = :j WHERE id = :id"),
+                    {"n": name, "j": slurm_id, "id": jid},
+                )
+                port += 1
+    return settings, fake
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--services", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        settings, fake = setup(home, args.services, args.jobs)
+        engine = engine_for(settings)
+        # First tick: every job becomes starting -> ready (the big write); not measured.
+        first = run_tick(engine, settings, fake, prober=healthy, watch=False)
+        assert first.error is None, first.error
+        plan_cpu, tick_cpu, tick_wall = [], [], []
+        for _ in range(args.runs):
+            snap = read_snapshot(engine, time.time(), "bench-host")
+            queue, info = read_slurm(fake, name_prefix("bench"), snap.jobs)
+            probes = healthy(probe_targets(snap.jobs, queue), 1.0)
+            obs = Observation(time.time(), snap.services, snap.jobs, queue, info, probes)
+            c0 = time.process_time()
+            plan = plan_tick(obs, name_prefix("bench"))
+            plan_cpu.append(time.process_time() - c0)
+            assert not plan.submits and not plan.cancels, "steady state expected"
+        for _ in range(args.runs):
+            calls = fake.calls["queue"]
+            c0, w0 = time.process_time(), time.perf_counter()
+            r = run_tick(engine, settings, fake, prober=healthy, watch=False)
+            tick_cpu.append(time.process_time() - c0)
+            tick_wall.append(time.perf_counter() - w0)
+            assert r.error is None, r.error
+            assert fake.calls["queue"] - calls == 1, "one squeue per tick"
+        live = len(snap.jobs)
+        print(f"services={args.services} live jobs={live} runs={args.runs}")
+        print(
+            f"plan only:  median {statistics.median(plan_cpu) * 1000:.1f} ms CPU (min {min(plan_cpu) * 1000:.1f})"
+        )
+        print(
+            f"whole tick: median {statistics.median(tick_cpu) * 1000:.1f} ms CPU, "
+            f"{statistics.median(tick_wall) * 1000:.1f} ms wall; squeue calls per tick: 1"
+        )
+        goal = statistics.median(plan_cpu) < 0.1
+        print(f"goal (< 100 ms CPU planning): {'met' if goal else 'NOT met'}")
+        return 0 if goal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

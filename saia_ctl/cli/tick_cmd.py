@@ -1,0 +1,63 @@
+"""`saia-ctl tick` and `saia-ctl ticks list`: run the scheduler once, show what recent ticks did."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from . import common
+
+ticks_app = typer.Typer(help="The scheduler's tick log.", no_args_is_help=True)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@common.command
+def tick(
+    if_due: Annotated[
+        bool,
+        typer.Option("--if-due", help="Run only if the last tick began at least SAIA_TICK_INTERVAL ago."),
+    ] = False,
+) -> None:
+    """Run one scheduler tick now and print what it saw, decided and did."""
+    from ..scheduler.tick import make_slurm, run_tick
+
+    settings = common.settings()
+    result = run_tick(common.engine(), settings, make_slurm(settings), if_due=if_due)
+    if result.summary:
+        common.echo(result.summary)
+    if result.error:
+        common.fail(result.error)
+
+
+@ticks_app.command("list")
+@common.command
+def list_ticks(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent ticks.")] = 20,
+    fmt: common.FormatOption = common.Format.table,
+) -> None:
+    """Show recent ticks, newest first: when, how long, the summary, errors."""
+    from ..scheduler.ticklog import recent_ticks
+
+    rows: list[dict[str, Any]] = []
+    for t in recent_ticks(common.engine(), limit):
+        row = dict(t)
+        if fmt is common.Format.table:
+            row["started_at"] = _iso(t["started_at"])
+            row["duration"] = "(unfinished)" if t["duration"] is None else f"{t['duration']:.2f}s"
+        rows.append(row)
+    columns: tuple[str, ...] = ("id", "started_at", "duration", "summary", "error")
+    if fmt is not common.Format.table:
+        columns = ("id", "started_at", "duration", "holder", "summary", "actions", "error")
+    common.echo(common.render(rows, fmt, columns))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tick")(tick)
+    app.add_typer(ticks_app, name="ticks")

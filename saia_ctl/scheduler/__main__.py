@@ -1,0 +1,46 @@
+"""``python -m saia_ctl.scheduler [--if-due]``: one tick, without the CLI's imports.
+
+The request path spawns this detached (from ``keep-alive`` and on demand).
+Exit status 0 on success, also when the tick is not due or another tick holds
+the lease; 1 when the tick failed (the error is in the tick's log row too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m saia_ctl.scheduler", description="Run one scheduler tick."
+    )
+    parser.add_argument("--if-due", action="store_true", help="only if the last tick began tick_interval ago")
+    parser.add_argument("--home", help="state directory (default: SAIA_HOME)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing unless the tick failed")
+    args = parser.parse_args(argv)
+    try:
+        from ..db import engine_for
+        from ..migrate import current_revision
+        from ..settings import Settings
+        from .tick import make_slurm, run_tick
+
+        settings = Settings(home=args.home)
+        engine = engine_for(settings)
+        if current_revision(engine) is None:
+            raise RuntimeError("the database is empty: run `saia-ctl db upgrade` first")
+        result = run_tick(engine, settings, make_slurm(settings), if_due=args.if_due)
+    except Exception as e:
+        if os.environ.get("SAIA_DEBUG") == "1":
+            raise
+        print(f"Error: {' '.join(str(e).split()) or e.__class__.__name__}", file=sys.stderr)
+        return 1
+    text = result.text()
+    if text and not (args.quiet and not result.error):
+        print(text, file=sys.stderr if result.error else sys.stdout)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

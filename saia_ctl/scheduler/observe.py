@@ -1,0 +1,186 @@
+"""The read phase of a tick: the database snapshot, one ``squeue``, the probes. No write lock held.
+
+Reads use plain SQL over the schema's column names: times stay epoch floats
+and a snapshot of 1,000 jobs costs little.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, text
+
+from ..db import read_session
+from ..models import JobState
+from ..slurm import SlurmClient, SlurmError, SlurmJob
+from .probes import ProbeTarget
+from .views import JobView, ServiceView
+
+# A request whose handler ran on another host is presumed dead after this long
+# (its pid cannot be checked from here); on this host also, against pid reuse.
+FOREIGN_HANDLER_TIMEOUT = 24 * 3600.0
+# Bound on scontrol calls per tick for end reasons of jobs that left the queue.
+MAX_JOB_INFO = 20
+
+_SERVICES = text(
+    """
+    SELECT s.id, s.enabled, s.sbatch, s.inferences_per_instance, s.minimum_number_instances,
+           s.maximum_number_instances, s.job_expiry_time, s.ready_timeout, s.idle_timeout,
+           s.scale_down_cooldown, s.health_failures,
+           st.load_avg, st.sampled_at, st.lower_since, st.last_busy_at, st.demand_at,
+           (SELECT r.started_at FROM requests r WHERE r.service_id = s.id
+             ORDER BY r.started_at DESC LIMIT 1) AS last_request_at,
+           (SELECT max(j.submitted_at) FROM jobs j WHERE j.service_id = s.id) AS last_submit_at
+    FROM services s LEFT JOIN service_states st ON st.service_id = s.id
+    ORDER BY s.id
+    """
+)
+_JOBS = text(
+    """
+    SELECT id, name, service_id, slurm_job_id, state, node, port, submitted_at, started_at, ready_at,
+           draining_at, walltime_limit, health_failures, end_reason, replaces_job_id
+    FROM jobs WHERE ended_at IS NULL ORDER BY id
+    """
+)
+_IN_FLIGHT = text(
+    "SELECT id, service_id, job_id, handler_host, handler_pid, started_at FROM requests WHERE ended_at IS NULL"
+)
+
+
+@dataclass
+class Snapshot:
+    services: list[ServiceView]
+    jobs: list[JobView]
+    dead_requests: list[tuple[int, str]] = field(default_factory=list)  # (requests.id, why)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a zombie counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return "Z" not in line.split()[1:2]
+    except OSError:
+        pass
+    return True
+
+
+def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
+    """Services with their state and load, live jobs with their in-flight counts, dead handlers."""
+    with read_session(engine) as s:
+        service_rows = s.execute(_SERVICES).all()
+        job_rows = s.execute(_JOBS).all()
+        request_rows = s.execute(_IN_FLIGHT).all()
+    per_service: Counter[str] = Counter()
+    waiting: Counter[str] = Counter()
+    per_job: Counter[int] = Counter()
+    dead: list[tuple[int, str]] = []
+    for rid, sid, job_id, host, pid, started_at in request_rows:
+        age = now - float(started_at)
+        if host == hostname and not pid_alive(int(pid)):
+            dead.append((rid, "handler process gone"))
+            continue
+        if age > FOREIGN_HANDLER_TIMEOUT:
+            dead.append(
+                (rid, f"handler on {host} presumed gone after {FOREIGN_HANDLER_TIMEOUT / 3600:.0f} h")
+            )
+            continue
+        per_service[sid] += 1
+        if job_id is None:
+            waiting[sid] += 1
+        else:
+            per_job[job_id] += 1
+    services = [
+        ServiceView(
+            id=r[0],
+            enabled=bool(r[1]),
+            sbatch=r[2],
+            inferences_per_instance=int(r[3]),
+            minimum=int(r[4]),
+            maximum=int(r[5]),
+            job_expiry_time=int(r[6]),
+            ready_timeout=int(r[7]),
+            idle_timeout=int(r[8]),
+            scale_down_cooldown=int(r[9]),
+            health_failures=int(r[10]),
+            load_avg=float(r[11] or 0.0),
+            sampled_at=r[12],
+            lower_since=r[13],
+            last_busy_at=r[14],
+            demand_at=r[15],
+            last_request_at=r[16],
+            last_submit_at=r[17],
+            in_flight=per_service[r[0]],
+            waiting=waiting[r[0]],
+        )
+        for r in service_rows
+    ]
+    jobs = [
+        JobView(
+            id=r[0],
+            name=r[1],
+            service_id=r[2],
+            slurm_job_id=r[3],
+            state=r[4],
+            node=r[5],
+            port=int(r[6]),
+            submitted_at=float(r[7]),
+            started_at=r[8],
+            ready_at=r[9],
+            draining_at=r[10],
+            walltime_limit=r[11],
+            health_failures=int(r[12] or 0),
+            end_reason=r[13],
+            replaces_job_id=r[14],
+            in_flight=per_job[r[0]],
+        )
+        for r in job_rows
+    ]
+    return Snapshot(services, jobs, dead)
+
+
+def read_slurm(
+    slurm: SlurmClient, prefix: str, jobs: list[JobView]
+) -> tuple[list[SlurmJob], dict[int, SlurmJob | None]]:
+    """One ``squeue`` for all our jobs; ``scontrol`` only for live rows that left the queue.
+
+    Raises SlurmError when the queue cannot be read: that is never "no jobs".
+    """
+    queue = slurm.queue(prefix)
+    seen = {j.job_id for j in queue}
+    info: dict[int, SlurmJob | None] = {}
+    for job in jobs:
+        if job.slurm_job_id is None or job.slurm_job_id in seen or len(info) >= MAX_JOB_INFO:
+            continue
+        try:
+            info[job.slurm_job_id] = slurm.job_info(job.slurm_job_id)
+        except SlurmError:
+            info[job.slurm_job_id] = None  # the queue said it is gone; only the reason is unknown
+    return queue, info
+
+
+def probe_targets(jobs: list[JobView], queue: list[SlurmJob]) -> list[ProbeTarget]:
+    """``GET /`` for running jobs not yet ready, ``GET /health`` for ready ones."""
+    by_id = {j.job_id: j for j in queue}
+    by_name = {j.name: j for j in queue if not j.is_finished}
+    targets = []
+    for job in jobs:
+        sj = by_id.get(job.slurm_job_id) if job.slurm_job_id is not None else by_name.get(job.name)
+        if sj is None or not sj.is_running or not sj.node:
+            continue
+        if job.state in (JobState.SUBMITTING.value, JobState.PENDING.value, JobState.STARTING.value):
+            targets.append(ProbeTarget(job.id, sj.node, job.port, "/"))
+        elif job.state == JobState.READY.value:
+            targets.append(ProbeTarget(job.id, sj.node, job.port, "/health"))
+    return targets

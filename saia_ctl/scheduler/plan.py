@@ -1,0 +1,485 @@
+"""The planner: from one observation to the decisions of one tick. Pure: no I/O, no clock.
+
+Order of reasoning, per tick:
+
+1. Reconcile every live row with what Slurm says (adopt by name, follow
+   pending -> starting, close jobs that left the queue with their end reason).
+2. Readiness and health from the probes (ready, ready timeout, unhealthy).
+3. Per service: the load average and the wanted number of jobs, then submit
+   up to it (rotation replacements first), or drain surplus after the
+   cool-down, then cancel drained jobs once they carry no request.
+4. Slurm jobs of ours that no live row owns (orphans) are cancelled.
+
+Scale-down victim choice (issue 3 says "a job that is still pending or loading
+is not the one chosen to go"): ready jobs go first (fewest requests in flight,
+then the soonest walltime end), drained gracefully, as long as another ready
+job remains or the service goes to zero. Only when no ready job may go is a
+surplus pending (then starting) job cancelled outright, newest first: nothing
+is routed to it, so nothing waits for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..models import JobState
+from ..slurm import SlurmJob
+from .views import Cancel, JobView, Observation, Plan, ServiceUpdate, ServiceView, Submit
+
+# The original's moving average: a window of 60 s sampled every 5 s (12
+# intervals) with the newest sample weighted 2 (avg = (10 * avg + 2 * sample) / 12),
+# i.e. weight 2/12 for the newest sample per 5 s; scaled to the real time
+# between samples so that the tick interval does not change the window.
+EWMA_ALPHA = 2.0 / 12.0
+EWMA_STEP = 5.0
+EWMA_MAX_GAP = 600.0
+# A target of ceil(avg / per_instance) would never reach 0 on a decaying
+# average; the original computed int((avg + per_instance - 0.001) // per_instance),
+# i.e. averages within 0.001 requests above a multiple round down.
+TARGET_TOLERANCE = 0.001
+# A drained job is cancelled only after this many seconds out of routing, so a
+# request that picked the job just before it was drained is seen in flight.
+DRAIN_GRACE = 5.0
+# A draining job is cancelled at the latest this long before its walltime
+# ends (Slurm would kill it without warning a little later).
+WALLTIME_MARGIN = 20.0
+# End reasons that cancel a draining job at once, requests in flight or not.
+FORCED_REASONS = frozenset({"ready-timeout", "unhealthy", "surplus"})
+# Drains for lack of load: such a job still running is taken back when load returns.
+REVIVABLE_REASONS = frozenset({"scale-down", "idle"})
+
+_SLURM_END_REASONS = {
+    "COMPLETED": "completed",
+    "CANCELLED": "cancelled",
+    "TIMEOUT": "timeout",
+    "FAILED": "failed",
+    "NODE_FAIL": "node-failure",
+    "PREEMPTED": "preempted",
+    "OUT_OF_MEMORY": "out-of-memory",
+    "BOOT_FAIL": "boot-failure",
+    "DEADLINE": "deadline",
+}
+_COUNTED = (JobState.SUBMITTING.value, JobState.PENDING.value, JobState.STARTING.value, JobState.READY.value)
+
+
+def end_reason_from_slurm(job: SlurmJob) -> str:
+    """Our end reason for a finished Slurm job (``completed``, ``timeout``, ...)."""
+    base = job.state.split()[0].rstrip("+")
+    return _SLURM_END_REASONS.get(base, base.lower().replace("_", "-") or "gone")
+
+
+def update_load_avg(avg: float, sampled_at: float | None, sample: float, now: float) -> float:
+    """The exponentially weighted moving average of in-flight requests, scaled by elapsed time."""
+    if sampled_at is None:
+        return float(sample)
+    gap = min(max(now - sampled_at, 0.0), EWMA_MAX_GAP)
+    weight = 1.0 - (1.0 - EWMA_ALPHA) ** (gap / EWMA_STEP)
+    return float(avg + weight * (sample - avg))
+
+
+def target_from_load(avg: float, per_instance: int, minimum: int, maximum: int) -> int:
+    """ceil(avg / per_instance), clamped to [minimum, maximum]."""
+    raw = max(0, math.ceil((avg - TARGET_TOLERANCE) / per_instance))
+    return max(minimum, min(maximum, raw))
+
+
+def remaining_walltime(job: _Work, now: float) -> float | None:
+    if job.walltime_limit is None or job.started_at is None:
+        return None
+    return job.walltime_limit - (now - job.started_at)
+
+
+@dataclass
+class _Work:
+    """A live job as the planner changes it during the tick."""
+
+    view: JobView
+    state: str
+    node: str | None
+    slurm_job_id: int | None
+    started_at: float | None
+    walltime_limit: int | None
+    end_reason: str | None
+    draining_at: float | None
+    changes: dict[str, Any] = field(default_factory=dict)
+    ended: bool = False
+    doomed: bool = False  # a cancel is planned this tick
+
+    @property
+    def id(self) -> int:
+        return self.view.id
+
+    def set(self, **values: Any) -> None:
+        self.changes.update(values)
+        for key in (
+            "state",
+            "node",
+            "slurm_job_id",
+            "started_at",
+            "walltime_limit",
+            "end_reason",
+            "draining_at",
+        ):
+            if key in values:
+                setattr(self, key, values[key])
+
+
+class _Planner:
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+        self.now = obs.now
+        self.plan = Plan()
+        self.work = [
+            _Work(
+                j,
+                j.state,
+                j.node,
+                j.slurm_job_id,
+                j.started_at,
+                j.walltime_limit,
+                j.end_reason,
+                j.draining_at,
+            )
+            for j in obs.jobs
+        ]
+        self.services = {s.id: s for s in obs.services}
+
+    def act(self, action: str, **details: Any) -> None:
+        self.plan.actions.append({"action": action, **details})
+
+    # --- 1. reconcile with Slurm
+    def end(self, w: _Work, reason: str) -> None:
+        w.set(state=JobState.ENDED.value, ended_at=self.now, end_reason=reason)
+        w.ended = True
+        self.act("end", service=w.view.service_id, job=w.id, slurm_job_id=w.slurm_job_id, reason=reason)
+
+    def reconcile(self) -> None:
+        by_id: dict[int, SlurmJob] = {}
+        by_name: dict[str, SlurmJob] = {}
+        for q in self.obs.queue:
+            by_id[q.job_id] = q
+            known = by_name.get(q.name)
+            if known is None or (known.is_finished and not q.is_finished):
+                by_name[q.name] = q
+        for w in self.work:
+            sj: SlurmJob | None = (
+                by_id.get(w.slurm_job_id) if w.slurm_job_id is not None else by_name.get(w.view.name)
+            )
+            if sj is None and w.slurm_job_id is not None:
+                sj = self.obs.job_info.get(w.slurm_job_id)
+            if sj is None:
+                if w.slurm_job_id is None:
+                    # Written before sbatch by a tick that died or failed to submit: never reached Slurm.
+                    self.end(w, w.end_reason or "submit-failed")
+                else:
+                    self.end(w, w.end_reason or "gone")
+                continue
+            if w.slurm_job_id is None:
+                w.set(slurm_job_id=sj.job_id)
+                self.act("adopt", service=w.view.service_id, job=w.id, slurm_job_id=sj.job_id)
+            if sj.is_finished:
+                self.end(w, w.end_reason or end_reason_from_slurm(sj))
+            elif sj.is_pending:
+                if w.state in (JobState.SUBMITTING.value, JobState.STARTING.value, JobState.READY.value):
+                    if w.state != JobState.SUBMITTING.value:  # requeued by Slurm
+                        w.set(node=None, started_at=None, ready_at=None)
+                    w.set(state=JobState.PENDING.value)
+            else:
+                self.follow_running(w, sj)
+
+    def follow_running(self, w: _Work, sj: SlurmJob) -> None:
+        if w.state in (JobState.SUBMITTING.value, JobState.PENDING.value):
+            w.set(state=JobState.STARTING.value)
+        if w.node != sj.node and sj.node:
+            w.set(node=sj.node)
+        if w.started_at is None:
+            w.set(started_at=self.now - (sj.elapsed or 0))
+        if w.walltime_limit != sj.time_limit:
+            w.set(walltime_limit=sj.time_limit)
+        if sj.gpus and "gpus" not in w.changes:
+            w.changes["gpus"] = sj.gpus
+
+    # --- 2. readiness and health
+    def readiness(self) -> None:
+        for w in self.work:
+            if w.ended:
+                continue
+            svc = self.services.get(w.view.service_id)
+            probe = self.obs.probes.get(w.id)
+            if w.state == JobState.STARTING.value:
+                if probe is not None and probe.ok:
+                    w.set(state=JobState.READY.value, ready_at=self.now, health_failures=0)
+                    self.act("ready", service=w.view.service_id, job=w.id, probe=probe.detail)
+                elif (
+                    svc is not None
+                    and w.started_at is not None
+                    and self.now - w.started_at > svc.ready_timeout
+                ):
+                    self.drain(w, "ready-timeout", detail=probe.detail if probe else None)
+            elif w.state == JobState.READY.value and probe is not None:
+                if probe.ok:
+                    if w.view.health_failures:
+                        w.set(health_failures=0)
+                    continue
+                failures = w.view.health_failures + 1
+                w.set(health_failures=failures, last_error=f"health check: {probe.detail}")
+                limit = svc.health_failures if svc is not None else 1
+                if failures >= limit:
+                    self.drain(w, "unhealthy", detail=f"{failures} failed health checks: {probe.detail}")
+
+    def drain(self, w: _Work, reason: str, detail: str | None = None) -> None:
+        """Take a job out of routing (state draining); it is cancelled later (or now, if forced)."""
+        w.set(state=JobState.DRAINING.value, draining_at=self.now, end_reason=reason)
+        extra = {"detail": detail} if detail else {}
+        self.act("drain", service=w.view.service_id, job=w.id, reason=reason, **extra)
+
+    # --- 3. per service
+    def services_pass(self) -> None:
+        jobs_of: dict[str, list[_Work]] = {}
+        for w in self.work:
+            if not w.ended:
+                jobs_of.setdefault(w.view.service_id, []).append(w)
+        for svc in self.obs.services:
+            jobs = jobs_of.get(svc.id, [])
+            if not svc.enabled and not jobs:
+                continue
+            self.plan_service(svc, jobs)
+
+    def plan_service(self, svc: ServiceView, jobs: list[_Work]) -> None:
+        now = self.now
+        avg = update_load_avg(svc.load_avg, svc.sampled_at, svc.in_flight, now)
+        last_busy = max((t for t in (svc.last_busy_at, svc.last_request_at) if t is not None), default=None)
+        if svc.in_flight:
+            last_busy = now
+        base = target_from_load(avg, svc.inferences_per_instance, svc.minimum, svc.maximum)
+        notes: list[str] = []
+        did: list[str] = []
+
+        def expiring(w: _Work) -> bool:
+            left = remaining_walltime(w, now)
+            return w.state == JobState.READY.value and left is not None and left < svc.job_expiry_time
+
+        def expiring_at_all(w: _Work) -> bool:
+            left = remaining_walltime(w, now)
+            return left is not None and left < svc.job_expiry_time
+
+        live = [w for w in jobs if not w.doomed]
+        replaced_ids = {w.view.replaces_job_id for w in live if w.view.replaces_job_id is not None}
+        counted = [w for w in live if w.state in _COUNTED and not expiring(w)]
+
+        wanted = base
+        start_reason = "scale-up"
+        idle_to_zero = False
+        if not svc.enabled:
+            wanted = 0
+            notes.append("disabled")
+        else:
+            demand = svc.demand_at is not None and (
+                svc.last_submit_at is None or svc.demand_at > svc.last_submit_at
+            )
+            if svc.waiting > 0 or demand:
+                start_reason = "demand"
+            if svc.maximum >= 1 and wanted < 1 and (svc.waiting > 0 or demand):
+                wanted = 1
+                notes.append(f"{svc.waiting} waiting" if svc.waiting else "on demand")
+            elif svc.maximum >= 1 and wanted < 1 and svc.in_flight:
+                wanted = 1  # requests are being served right now
+                notes.append(f"{svc.in_flight} in flight")
+            if svc.minimum == 0 and counted and svc.waiting == 0 and not demand:
+                # Scale to zero: no request in flight for idle_timeout wins over the decaying
+                # average; until then a running job is kept even when the average says 0.
+                latest_ready = max((w.view.ready_at or 0.0 for w in jobs), default=0.0)
+                refs = [t for t in (last_busy, svc.demand_at, latest_ready or None) if t is not None]
+                idle_since = max(refs, default=None)
+                if idle_since is None or now - idle_since >= svc.idle_timeout:
+                    wanted = 0
+                    idle_to_zero = True
+                    notes.append(f"idle for {svc.idle_timeout}s or more: scale to zero")
+                elif wanted == 0 and svc.maximum >= 1:
+                    wanted = 1
+                    notes.append(f"idle {now - idle_since:.0f}s of {svc.idle_timeout}s")
+            if svc.minimum and wanted == svc.minimum and base == svc.minimum:
+                notes.append(f"min {svc.minimum}")
+
+        # Rotation: a replacement that is ready takes over from the job it replaces.
+        for w in live:
+            if w.state == JobState.READY.value and w.view.replaces_job_id is not None:
+                old = next((o for o in live if o.id == w.view.replaces_job_id), None)
+                if old is not None and old.state == JobState.READY.value:
+                    self.drain(old, "rotated")
+                    did.append(f"rotated job {old.id} -> {w.id}")
+
+        lower_since = svc.lower_since
+        deficit = wanted - len(counted)
+        if deficit > 0 and svc.enabled:
+            # A job drained for lack of load that still runs comes back before anything is submitted.
+            for w in live:
+                if deficit <= 0:
+                    break
+                if (
+                    w.state == JobState.DRAINING.value
+                    and w.end_reason in REVIVABLE_REASONS
+                    and w.view.ready_at is not None
+                    and w.started_at is not None
+                    and not expiring_at_all(w)
+                ):
+                    w.set(state=JobState.READY.value, draining_at=None, end_reason=None)
+                    self.act("revive", service=svc.id, job=w.id)
+                    did.append(f"revived job {w.id}")
+                    deficit -= 1
+        if deficit > 0:
+            lower_since = None
+            orphans_of_rotation = [
+                w
+                for w in live
+                if expiring(w) and w.id not in replaced_ids and w.state == JobState.READY.value
+            ]
+            for i in range(deficit):
+                if i < len(orphans_of_rotation):
+                    old = orphans_of_rotation[i]
+                    self.submit(svc, "rotation", replaces=old.id)
+                else:
+                    self.submit(svc, start_reason)
+            did.append(f"submitting {deficit}")
+        elif deficit == 0:
+            lower_since = None
+        else:
+            surplus = -deficit
+            if lower_since is None:
+                lower_since = now
+            forced = not svc.enabled or idle_to_zero
+            left = svc.scale_down_cooldown - (now - lower_since)
+            if forced or left <= 0:
+                reason = "disabled" if not svc.enabled else ("idle" if idle_to_zero else "scale-down")
+                gone = self.scale_down(counted, surplus, wanted, reason)
+                if gone:
+                    did.append(f"scaling down {gone} ({reason})")
+                    lower_since = None
+            else:
+                did.append(f"{surplus} surplus, cool-down {left:.0f}s left")
+        if wanted == 0:
+            # Going to zero: expiring jobs (not counted above) go too.
+            for w in live:
+                if w.state == JobState.READY.value and expiring(w):
+                    self.drain(w, "disabled" if not svc.enabled else "idle")
+        elif deficit <= 0:
+            # An expiring job nobody needs to replace: drain it while another job serves.
+            others_ready = [w for w in counted if w.state == JobState.READY.value]
+            for w in live:
+                if (
+                    others_ready
+                    and w.state == JobState.READY.value
+                    and expiring(w)
+                    and w.id not in replaced_ids
+                ):
+                    self.drain(w, "expiring")
+
+        cancelled = self.cancel_drained(svc, jobs)
+        if cancelled:
+            did.append(f"cancelling {cancelled}")
+
+        self.plan.service_updates.append(ServiceUpdate(svc.id, avg, now, wanted, lower_since, last_busy))
+        states = [w.state for w in jobs if not w.ended]
+        counts = (
+            f"{states.count(JobState.READY.value)} ready, {states.count(JobState.STARTING.value)} starting, "
+            f"{states.count(JobState.PENDING.value) + states.count(JobState.SUBMITTING.value)} pending"
+        )
+        draining = states.count(JobState.DRAINING.value)
+        if draining:
+            counts += f", {draining} draining"
+        why = f"avg {avg:.2f} in flight / {svc.inferences_per_instance} per instance"
+        if notes:
+            why += "; " + "; ".join(notes)
+        line = f"{svc.id}: target {wanted} ({why}), {counts}"
+        if did:
+            line += ", " + ", ".join(did)
+        self.plan.summary.append(line)
+
+    def submit(self, svc: ServiceView, reason: str, replaces: int | None = None) -> None:
+        self.plan.submits.append(Submit(svc.id, svc.sbatch, reason, replaces))
+
+    def scale_down(self, counted: list[_Work], surplus: int, wanted: int, reason: str) -> int:
+        def walltime_end(w: _Work) -> float:
+            left = remaining_walltime(w, self.now)
+            return math.inf if left is None else left
+
+        ready = sorted(
+            (w for w in counted if w.state == JobState.READY.value),
+            key=lambda w: (w.view.in_flight, walltime_end(w), w.id),
+        )
+        waiting = sorted(
+            (w for w in counted if w.state in (JobState.SUBMITTING.value, JobState.PENDING.value)),
+            key=lambda w: -w.view.submitted_at,
+        )
+        loading = sorted(
+            (w for w in counted if w.state == JobState.STARTING.value), key=lambda w: -w.view.submitted_at
+        )
+        gone = 0
+        ready_left = len(ready)
+        for w in ready:
+            if gone >= surplus:
+                break
+            if wanted > 0 and ready_left <= 1:
+                break
+            self.drain(w, reason)
+            ready_left -= 1
+            gone += 1
+        for w in waiting + loading:
+            if gone >= surplus:
+                break
+            self.drain(w, "surplus")
+            gone += 1
+        return gone
+
+    def cancel_drained(self, svc: ServiceView, jobs: list[_Work]) -> int:
+        n = 0
+        for w in jobs:
+            if w.ended or w.doomed or w.state != JobState.DRAINING.value or w.slurm_job_id is None:
+                continue
+            reason = w.end_reason or "drained"
+            left = remaining_walltime(w, self.now)
+            never_ran = w.started_at is None
+            if reason in FORCED_REASONS or never_ran:
+                graceful = False
+            elif left is not None and left < WALLTIME_MARGIN:
+                graceful = False
+                reason = f"{reason}, walltime ending"
+            elif w.view.in_flight == 0 and (w.draining_at or self.now) <= self.now - DRAIN_GRACE:
+                graceful = True
+            else:
+                continue
+            w.doomed = True
+            self.plan.cancels.append(Cancel(w.slurm_job_id, reason, w.id, graceful))
+            self.act("cancel", service=svc.id, job=w.id, slurm_job_id=w.slurm_job_id, reason=reason)
+            n += 1
+        return n
+
+    # --- 4. orphans
+    def orphans(self, prefix: str) -> None:
+        owned = {w.view.name for w in self.work if not w.ended}
+        owned_ids = {w.slurm_job_id for w in self.work if not w.ended and w.slurm_job_id is not None}
+        for sj in self.obs.queue:
+            if sj.is_finished or sj.job_id in owned_ids or sj.name in owned:
+                continue
+            if not sj.name.startswith(prefix):
+                continue
+            self.plan.cancels.append(Cancel(sj.job_id, "orphan"))
+            self.act("cancel", slurm_job_id=sj.job_id, name=sj.name, reason="orphan")
+
+    def finish(self) -> Plan:
+        for w in self.work:
+            if w.changes:
+                self.plan.job_changes[w.id] = w.changes
+        return self.plan
+
+
+def plan_tick(obs: Observation, prefix: str) -> Plan:
+    """Decide one tick. ``prefix`` is the job-name prefix including its ``_``."""
+    p = _Planner(obs)
+    p.reconcile()
+    p.readiness()
+    p.services_pass()
+    p.orphans(prefix)
+    return p.finish()

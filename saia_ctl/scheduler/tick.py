@@ -1,0 +1,161 @@
+"""One scheduler tick: lease -> read (squeue, probes; no lock) -> plan -> one short write of
+intents -> sbatch/scancel outside -> one short write of outcomes -> watch waiting jobs -> log.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ..settings import Settings
+from ..slurm import SlurmClient, SlurmError
+from .apply import call_slurm, record_intents, record_outcomes
+from .lease import begin_tick, new_holder, release_lease, renew_lease
+from .names import name_prefix
+from .observe import probe_targets, read_slurm, read_snapshot
+from .plan import plan_tick
+from .probes import Prober, probe_all
+from .ticklog import finish_tick
+from .views import Observation, Plan
+from .watch import watch_waiting
+
+# Time kept back from the tick's bound for the final writes.
+FINAL_WRITES = 2.0
+
+
+@dataclass
+class TickResult:
+    """What one call of ``run_tick`` did."""
+
+    status: str  # "ran", "busy" (another tick holds the lease), "not-due"
+    summary: str
+    error: str | None = None
+    tick_id: int | None = None
+    duration: float = 0.0
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ran(self) -> bool:
+        return self.status == "ran"
+
+    @property
+    def exit_code(self) -> int:
+        """0 on success, also when not due or another tick runs; 1 if the tick failed."""
+        return 1 if self.error else 0
+
+    def text(self) -> str:
+        lines = [self.summary] if self.summary else []
+        if self.error:
+            lines.append(f"error: {self.error}")
+        return "\n".join(lines)
+
+
+def make_slurm(settings: Settings) -> SlurmClient:
+    """The real Slurm client (imported lazily: ``RealSlurm`` lives in ``saia_ctl.slurm``)."""
+    from .. import slurm as slurm_module
+
+    real = getattr(slurm_module, "RealSlurm", None)
+    if real is None:
+        raise RuntimeError("this installation has no RealSlurm client (saia_ctl.slurm.RealSlurm)")
+    client: SlurmClient = real(settings)
+    return client
+
+
+def _describe(plan: Plan, dead: int, outcome_actions: list[dict[str, Any]]) -> list[str]:
+    lines = list(plan.summary)
+    orphans = [a for a in plan.actions if a.get("reason") == "orphan"]
+    if orphans:
+        lines.append(
+            f"cancelling {len(orphans)} Slurm job(s) of ours with no live row: "
+            + ", ".join(f"{a['slurm_job_id']} ({a['name']})" for a in orphans)
+        )
+    if dead:
+        lines.append(f"closed {dead} request(s) whose handler is gone")
+    for a in outcome_actions:
+        if "error" in a:
+            what = f"{a.get('service', '')} job {a.get('job', a.get('slurm_job_id'))}".strip()
+            lines.append(f"{what}: {a['action']} failed: {a['error']}")
+    return lines
+
+
+def run_tick(
+    engine: Engine,
+    settings: Settings,
+    slurm: SlurmClient,
+    clock: Callable[[], float] = time.time,
+    if_due: bool = False,
+    *,
+    prober: Prober | None = None,
+    watch: bool = True,
+    hostname: str | None = None,
+) -> TickResult:
+    """Run one tick if the lease is free (and, with ``if_due``, the last tick is old enough)."""
+    probe = prober or probe_all
+    host = hostname or socket.gethostname()
+    t0 = time.monotonic()
+    deadline = t0 + settings.tick_timeout
+    holder = new_holder()
+    prefix = name_prefix(settings.job_prefix)
+    begin = begin_tick(engine, holder, clock(), settings.lease_ttl, if_due, settings.tick_interval)
+    if begin.status != "run" or begin.tick_id is None:
+        return TickResult(begin.status, begin.message)
+    tick_id = begin.tick_id
+    lines: list[str] = []
+    actions: list[dict[str, Any]] = []
+    error: str | None = None
+    try:
+        now = clock()
+        snap = read_snapshot(engine, now, host)
+        try:
+            queue, info = read_slurm(slurm, prefix, snap.jobs)
+        except SlurmError as e:
+            # A failed read is never "no jobs": no job changes state this tick.
+            error = f"Slurm queue unreadable, no job changed: {e}"
+            if snap.dead_requests:
+                record_intents(engine, Plan(), settings, now, snap.dead_requests)
+                lines.append(f"closed {len(snap.dead_requests)} request(s) whose handler is gone")
+        else:
+            probes = probe(probe_targets(snap.jobs, queue), settings.probe_timeout)
+            now = clock()
+            obs = Observation(now, snap.services, snap.jobs, queue, info, probes)
+            plan = plan_tick(obs, prefix)
+            new_jobs, port_errors = record_intents(engine, plan, settings, now, snap.dead_requests)
+            outcomes = call_slurm(engine, slurm, settings, plan.cancels, new_jobs, deadline - FINAL_WRITES)
+            done = record_outcomes(engine, outcomes, clock())
+            actions = plan.actions + done
+            lines = _describe(plan, len(snap.dead_requests), done) + port_errors
+            if port_errors:
+                error = "; ".join(port_errors)
+            if watch:
+
+                def renew() -> None:
+                    renew_lease(engine, holder, clock(), settings.lease_ttl)
+
+                actions += watch_waiting(
+                    engine,
+                    slurm,
+                    prefix,
+                    clock,
+                    probe,
+                    deadline - FINAL_WRITES,
+                    settings.probe_timeout,
+                    renew,
+                )
+                lines += [
+                    f"{a['service']}: job {a['job']} ready ({a['probe']})" for a in actions if a.get("watch")
+                ]
+    except Exception as e:
+        error = f"{e.__class__.__name__}: {e}"
+    finally:
+        duration = time.monotonic() - t0
+        summary = "\n".join(lines) if lines else "no services"
+        try:
+            finish_tick(engine, tick_id, duration, summary, actions, error)
+        finally:
+            release_lease(engine, holder)
+    return TickResult("ran", summary, error, tick_id, duration, actions)

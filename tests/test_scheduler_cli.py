@@ -1,0 +1,102 @@
+"""`saia-ctl tick`, `saia-ctl ticks list` and `python -m saia_ctl.scheduler`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from saia_ctl.cli.main import app
+from saia_ctl.scheduler import tick as tick_module
+from saia_ctl.slurm_fake import FakeSlurm
+from tests.conftest import REPO, service_config
+
+SBATCH = str(REPO / "tests" / "data" / "scheduler_backend.sbatch")
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
+    import time
+
+    f = FakeSlurm(time.time)
+    monkeypatch.setattr(tick_module, "make_slurm", lambda settings: f)
+    return f
+
+
+def test_tick_prints_summary_and_ticks_list(import_services, home, fake) -> None:  # type: ignore[no-untyped-def]
+    import_services(service_config("svc", sbatch=SBATCH))
+    runner = CliRunner()
+    r = runner.invoke(app, ["--home", str(home), "tick"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("svc: target 1 (avg 0.00 in flight / 1 per instance; min 1)")
+    assert "submitting 1" in r.output and fake.calls["submit"] == 1
+    r = runner.invoke(app, ["--home", str(home), "tick", "--if-due"])
+    assert r.exit_code == 0 and "not due" in r.output
+    r = runner.invoke(app, ["--home", str(home), "ticks", "list", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert len(rows) == 1 and rows[0]["actions"][0]["action"] == "submit"
+    assert "svc: target 1" in rows[0]["summary"]
+    r = runner.invoke(app, ["--home", str(home), "ticks", "list"])
+    assert r.exit_code == 0 and "svc: target 1" in r.output and "duration" in r.output
+
+
+def test_tick_failure_is_one_line_and_exit_1(import_services, home, fake) -> None:  # type: ignore[no-untyped-def]
+    import_services(service_config("svc", sbatch=SBATCH))
+    fake.fail_next.add("queue")
+    r = CliRunner().invoke(app, ["--home", str(home), "tick"])
+    assert r.exit_code == 1
+    assert "Error: Slurm queue unreadable, no job changed: fake queue failure" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_commands_have_help() -> None:
+    runner = CliRunner()
+    for args in (["tick", "--help"], ["ticks", "list", "--help"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0 and "--" in r.output
+
+
+def _module(home: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAIA_HOME": str(home), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "saia_ctl.scheduler", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_module_entry_not_due_and_busy_exit_0_without_typer(home, engine, settings) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from saia_ctl.scheduler.lease import begin_tick
+
+    begin_tick(engine, "elsewhere:1:x", time.time(), 300)
+    r = _module(home, "--if-due")
+    assert r.returncode == 0 and "not due" in r.stdout
+    r = _module(home)
+    assert r.returncode == 0 and "another tick is running (holder elsewhere:1:x" in r.stdout
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, saia_ctl.scheduler.__main__, saia_ctl.scheduler.tick; print('typer' in sys.modules)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.stdout.strip() == "False"
+
+
+def test_module_entry_error_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    r = _module(tmp_path / "empty")
+    assert r.returncode == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
