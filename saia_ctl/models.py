@@ -330,3 +330,11 @@ class PrunedTotal(Base):
     requests: Mapped[int] = mapped_column(Integer)
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
+
+# Requests in flight, or longer than an hour: the few a month's report must find among rows
+# that started before the month (accounting.figures; same WHERE text, so SQLite uses it).
+Index(
+    "ix_requests_long",
+    Request.started_at,
+    sqlite_where=text("ended_at IS NULL OR ended_at - started_at > 3600.0"),
+)

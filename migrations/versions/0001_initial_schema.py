@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-29 22:54:39.399732
 
 Times are UTC epoch seconds (REAL). The scheduler lease is one row, created here.

@@ -44,3 +44,23 @@ def current() -> None:
         common.echo(f"{rev} (newest)")
     else:
         common.echo(f"{rev} (newest is {head}): run `saia-ctl db upgrade`")
+
+
+@app.command("prune")
+@common.command
+def prune(
+    before: str = typer.Option(
+        ..., "--before", help="Delete request rows of the months before this one (YYYY-MM)."
+    ),
+    tz: str = typer.Option(
+        "UTC", "--tz", help="Time zone the months are cut in (as in `saia-ctl report --tz`)."
+    ),
+) -> None:
+    """Keep each month's report figures in rollup tables, then delete its request rows."""
+    import time
+
+    from ..accounting.prune import prune as do_prune
+
+    result = do_prune(common.engine(), before, tz, time.time())
+    rolled = ", ".join(result.months) if result.months else "none"
+    common.echo(f"rolled up: {rolled}; deleted {result.deleted} request rows")

@@ -1,0 +1,118 @@
+"""The report rendered as a table, JSON, CSV, Markdown or a self-contained HTML page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+from .html import page
+
+FORMATS = ("table", "json", "csv", "markdown", "html")
+HOURS = (
+    "gpu_hours",
+    "attributed_gpu_hours",
+    "idle_gpu_hours",
+    "idle_ready_gpu_hours",
+    "job_hours",
+    "ready_hours",
+)
+
+
+def cell(key: str, value: Any) -> str:
+    """One value as displayed: GPU-hours with exactly three decimals, seconds with three."""
+    if value is None:
+        return ""
+    if key in HOURS or key.endswith("_s"):
+        return f"{float(value):.3f}"
+    return str(value)
+
+
+def _rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    cols = list(rows[0]) if rows else []
+    return cols, [[cell(k, r.get(k)) for k in cols] for r in rows]
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    cols, body = _rows(rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if cols:
+        w.writerow(cols)
+    w.writerows(body)
+    return buf.getvalue()
+
+
+def _sections(data: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    out = []
+    if "users" in data:
+        out.append(("Users", data["users"]))
+    if "services" in data:
+        out.append(("Services", data["services"]))
+    out.append(("Totals", [data["totals"]]))
+    return out
+
+
+def title(data: dict[str, Any]) -> str:
+    return f"saia-ctl report {data['month']} ({data['tz']}: {data['from']} to {data['to']})"
+
+
+def to_table(data: dict[str, Any], fmt: str = "simple") -> str:
+    md = fmt == "github"
+    parts = [("# " if md else "") + title(data)]
+    for name, rows in _sections(data):
+        cols, body = _rows(rows)
+        parts.append(("## " if md else "") + name)
+        parts.append(tabulate(body, headers=cols, tablefmt=fmt, disable_numparse=True) if rows else "(none)")
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv_all(data: dict[str, Any]) -> str:
+    """CSV on stdout: with --by, that one table; else users, services and totals, separated by a blank line."""
+    by = data.get("filters", {}).get("by")
+    if by == "user":
+        return to_csv(data["users"])
+    if by == "service":
+        return to_csv(data["services"])
+    return "\n".join(to_csv(rows) for _, rows in _sections(data))
+
+
+def render(data: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return to_json(data)
+    if fmt == "csv":
+        return to_csv_all(data)
+    if fmt == "markdown":
+        return to_table(data, "github")
+    if fmt == "html":
+        return page(data)
+    return to_table(data)
+
+
+def write_files(data: dict[str, Any], folder: str) -> list[str]:
+    """report.json, users.csv, services.csv, days.csv and report.html in ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    files = {"report.json": to_json(data), "report.html": page(data)}
+    if "users" in data:
+        files["users.csv"] = to_csv(data["users"])
+    if "services" in data:
+        files["services.csv"] = to_csv(data["services"])
+    files["days.csv"] = to_csv(data["days"]) if data["days"] else "day,service,requests\n"
+    written = []
+    for name, text in files.items():
+        path = os.path.join(folder, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

@@ -1,0 +1,84 @@
+"""`saia-ctl report --month YYYY-MM`: who used what, how much, how well served, at what GPU cost."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from typing import Annotated
+
+import typer
+
+from . import common
+
+
+class ReportFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+    html = "html"
+
+
+class By(enum.StrEnum):
+    user = "user"
+    service = "service"
+
+
+@common.command
+def report(
+    month: Annotated[
+        str | None, typer.Option("--month", "-m", help="Month YYYY-MM (default: the current month in --tz).")
+    ] = None,
+    tz: Annotated[str, typer.Option("--tz", help="Time zone the month is cut in (IANA name).")] = "UTC",
+    by: Annotated[By | None, typer.Option("--by", help="Only the per-user or the per-service part.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's requests.")] = None,
+    service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Also write report.json, *.csv and report.html into this folder."
+        ),
+    ] = None,
+    save: Annotated[
+        bool, typer.Option("--save", help="Also write the files into $SAIA_HOME/reports/YYYY-MM/.")
+    ] = False,
+    anonymize: Annotated[
+        bool,
+        typer.Option(
+            "--anonymize", help="Stable pseudonyms instead of user ids (key: $SAIA_HOME/anonymize.key)."
+        ),
+    ] = False,
+) -> None:
+    """Monthly accounting per user and per service (requests, tokens, latency, GPU-hours)."""
+    from ..accounting.months import month_of
+    from ..accounting.render import render, write_files
+    from ..accounting.report import monthly_report
+
+    now = time.time()
+    settings = common.settings()
+    month = month or month_of(now, tz)
+    rep = monthly_report(
+        common.engine(),
+        month,
+        tz=tz,
+        now=now,
+        user=user,
+        service=service,
+        by=by.value if by else None,
+        anonymize_home=settings.home if anonymize else None,
+    )
+    for note in rep.notes:
+        typer.echo(note, err=True)
+    typer.echo(render(rep.data, fmt.value), nl=False)
+    folders = [output] if output else []
+    if save:
+        folders.append(os.path.join(settings.home, "reports", rep.data["month"]))
+    for folder in folders:
+        for path in write_files(rep.data, folder):
+            typer.echo(f"wrote {path}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
