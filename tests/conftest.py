@@ -90,6 +90,24 @@ def home(tmp_path: Path, template_db: Path) -> Iterator[Path]:
             os.environ.pop("SAIA_HOME", None)
         else:
             os.environ["SAIA_HOME"] = old
+        if slurm_conf and os.path.exists(slurm_conf):
+            _cancel_jobs_of(h)
+
+
+def _cancel_jobs_of(home: Path) -> None:
+    """Cancel, on the real cluster, every live job named with this home's prefix."""
+    import warnings
+
+    from saia_ctl.slurm import RealSlurm, SlurmError
+
+    settings = Settings(home=str(home))
+    slurm = RealSlurm(settings)
+    try:
+        for job in slurm.queue(settings.job_prefix):
+            if not job.is_finished:
+                slurm.cancel(job.job_id)
+    except SlurmError as e:
+        warnings.warn(f"could not cancel the jobs of {settings.job_prefix}: {e}", stacklevel=1)
 
 
 @pytest.fixture

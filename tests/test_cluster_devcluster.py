@@ -1,0 +1,128 @@
+"""scripts/dev-cluster.sh itself: a private cluster on free ports, next to the shared one.
+
+up (cold, then again: idempotent), status, GPUs and CPUs as configured, a job
+that is running at `down` is cancelled, and `down` leaves no daemon behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_fixture import DEV_CLUSTER, Cluster, start_cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.fixture
+def private(cluster: Cluster) -> Iterator[tuple[Cluster, float]]:
+    directory = Path(tempfile.mkdtemp(prefix="saia-dc-"))
+    t0 = time.monotonic()
+    try:
+        c = start_cluster(directory)
+        yield c, time.monotonic() - t0
+    finally:
+        subprocess.run([str(DEV_CLUSTER), "down", str(directory)], capture_output=True, timeout=180)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def slurm(c: Cluster, *argv: str) -> str:
+    env = {**os.environ, "SLURM_CONF": c.slurm_conf}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def test_up_status_down(private: tuple[Cluster, float], cluster: Cluster) -> None:
+    c, took = private
+    assert c.owned and c.node == cluster.node
+    print(f"cold up: {took:.2f} s")
+    # 16 CPUs declared on a smaller machine (config_overrides) and 4 GPUs, node idle.
+    assert slurm(c, "sinfo", "-h", "-n", c.node, "-o", "%t %c %G").split() == ["idle", "16", "gpu:4"]
+    conf = Path(c.slurm_conf).read_text()
+    assert "SlurmdParameters=config_overrides" in conf and "GresTypes=gpu" in conf
+    for i in range(4):
+        assert (c.dir / f"fakegpu{i}").is_char_device()
+    # env.sh carries everything a client needs.
+    assert set(c.env) >= {"SLURM_CONF", "NODE", "SSH_PORT", "SSH_USER", "SSH_KEY", "SSH_TARGET", "SSH_OPTS"}
+    ssh = subprocess.run(
+        ["bash", "-c", f'source {c.dir}/env.sh && ssh $SSH_OPTS "$SSH_TARGET" "hello there"'],
+        capture_output=True,
+        timeout=30,
+    )
+    assert ssh.stdout == b"SSH_ORIGINAL_COMMAND=[hello there]\n", ssh.stderr
+
+    pids = {
+        p: int((c.dir / p).read_text())
+        for p in ("slurmctld.pid", "slurmd.pid", "munge/munged.pid", "ssh/sshd.pid")
+    }
+    status = subprocess.run(
+        [str(DEV_CLUSTER), "status", str(c.dir)], capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and "gres=gpu:4" in status.stdout
+
+    # A second up restarts nothing.
+    env = {**os.environ, "SLURMCTLD_PORT": "1", "SSH_PORT": "1"}  # ignored: the conf exists
+    again = subprocess.run(
+        [str(DEV_CLUSTER), "up", str(c.dir)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert {p: int((c.dir / p).read_text()) for p in pids} == pids
+
+    # More than 2 jobs at once on this 2-core machine, one with all 4 GPUs.
+    marker = f"sleep 300.{os.getpid()}"  # unique command line, to find leftovers
+    ids = [
+        slurm(
+            c, "sbatch", "--parsable", f"--chdir={c.dir}", "--output=/dev/null", *extra, "--wrap", marker
+        ).strip()
+        for extra in ([], [], [], ["--gres=gpu:4"])
+    ]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = slurm(c, "squeue", "-h", "-o", "%A %T %b").split("\n")
+        if sum(" RUNNING " in s for s in states) == 4:
+            break
+        time.sleep(0.3)
+    assert sum(" RUNNING " in s for s in states) == 4, states
+    assert any(s.endswith("gres:gpu:4") for s in states)
+    assert len(ids) == 4
+
+    # down cancels the jobs first (slurmstepd would outlive slurmd), then stops every daemon.
+    t0 = time.monotonic()
+    down = subprocess.run([str(DEV_CLUSTER), "down", str(c.dir)], capture_output=True, text=True, timeout=180)
+    print(f"down with 4 running jobs: {time.monotonic() - t0:.2f} s")
+    assert down.returncode == 0, down.stderr
+    assert not any(pid_running(pid) for pid in pids.values())
+    assert not (c.dir / "env.sh").exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert marker not in ps.splitlines()
+    status = subprocess.run(
+        [str(DEV_CLUSTER), "status", str(c.dir)], capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 3
+    # down is idempotent.
+    assert (
+        subprocess.run([str(DEV_CLUSTER), "down", str(c.dir)], capture_output=True, timeout=60).returncode
+        == 0
+    )
+    # The shared cluster is untouched.
+    assert subprocess.run([str(DEV_CLUSTER), "status", str(cluster.dir)], capture_output=True).returncode == 0
+
+
+def test_usage_errors() -> None:
+    for argv in ([], ["up"], ["bogus", "/tmp/x"]):
+        r = subprocess.run([str(DEV_CLUSTER), *argv], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "usage" in r.stderr
