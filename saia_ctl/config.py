@@ -23,6 +23,10 @@ from .durations import DurationError, parse_duration
 from .models import Service, ServiceState
 
 ID_RE = re.compile(r"^[A-Za-z0-9._+-]{1,256}$")
+# Upper bound of every number and duration (seconds): fits a database INTEGER
+# with room to spare; infinity, NaN and 10**30 are refused here, by name, not
+# by SQLite later with a message that names nothing.
+MAX_NUMBER = 2**31 - 1
 
 # As the original `scheduler.py init` required them; input/output default to [] there too.
 REQUIRED_KEYS = (
@@ -119,6 +123,8 @@ def _int(where: str, key: str, value: Any, minimum: int = 0) -> int:
         raise ConfigError(f"{where}: key {key!r} must be a whole number, not {json.dumps(value)}")
     if value < minimum:
         raise ConfigError(f"{where}: key {key!r} must be at least {minimum}, not {value}")
+    if value > MAX_NUMBER:
+        raise ConfigError(f"{where}: key {key!r} must be at most {MAX_NUMBER}, not {value}")
     return value
 
 
@@ -136,6 +142,8 @@ def _duration(where: str, key: str, value: Any) -> int:
             raise ConfigError(f"{where}: key {key!r}: {e}") from None
         if seconds is None:
             raise ConfigError(f"{where}: key {key!r} must be a finite duration, not {value!r}")
+        if seconds > MAX_NUMBER:
+            raise ConfigError(f"{where}: key {key!r} must be at most {MAX_NUMBER} seconds, not {value!r}")
         return seconds
     raise ConfigError(
         f"{where}: key {key!r} must be a duration string (MM:SS, H:MM:SS or D-HH:MM:SS), "
@@ -146,9 +154,15 @@ def _duration(where: str, key: str, value: Any) -> int:
 def _option(where: str, key: OptionalKey, value: Any) -> float:
     if key.is_duration and isinstance(value, str):
         return float(_duration(where, key.name, value))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value <= MAX_NUMBER  # also refuses NaN
+    ):
         kind = "a duration string or a number of seconds" if key.is_duration else "a whole number"
-        raise ConfigError(f"{where}: key {key.name!r} must be {kind} (at least 0), not {json.dumps(value)}")
+        raise ConfigError(
+            f"{where}: key {key.name!r} must be {kind} (0 to {MAX_NUMBER}), not {json.dumps(value)}"
+        )
     if not key.is_duration and not isinstance(value, int):
         raise ConfigError(f"{where}: key {key.name!r} must be a whole number, not {json.dumps(value)}")
     return float(value)
@@ -223,6 +237,10 @@ def load_config(path: str) -> tuple[list[ServiceConfig], list[str]]:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the top level must be an object with a 'services' list")
     if "services" not in doc:
