@@ -295,3 +295,63 @@ def test_summary_line_reads_like_the_issue() -> None:
     assert line.startswith("svc: target 2 (avg 1.70 in flight / 1 per instance")
     assert "1 ready, 0 starting, 0 pending, submitting 1" in line
     assert math.isfinite(plan.service_updates[0].load_avg)
+
+
+# --- found by the soak: rotation under falling load, walltime end, failing starts
+
+
+def test_pending_replacement_is_not_cancelled_as_surplus_while_its_old_job_serves() -> None:
+    # Load fell to one job's worth while job 1 was being rotated: the replacement 3 must stay,
+    # or job 1 would serve until Slurm kills it at its walltime.
+    old = job(1, started_at=NOW - 3500, walltime_limit=3600)  # expiring, not counted
+    other = job(2, started_at=NOW - 100)
+    repl = job(3, "pending", node=None, started_at=None, replaces_job_id=1, submitted_at=NOW - 5)
+    s = svc(minimum=0, load_avg=1.0, sampled_at=NOW - 5, lower_since=NOW - 1000, in_flight=1)
+    queue = [running(old, 3500), running(other, 100), pending(repl)]
+    probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
+    plan = plan_tick(obs([s], [old, other, repl], queue, probes=probes), PREFIX)
+    assert 3 not in {c.job_id for c in plan.cancels}
+    assert plan.job_changes.get(3, {}).get("state") != "draining"
+
+
+def test_surplus_pending_job_without_a_job_to_replace_is_cancelled() -> None:
+    a = job(1, started_at=NOW - 100)
+    extra = job(2, "pending", node=None, started_at=None, submitted_at=NOW - 5)
+    s = svc(minimum=0, load_avg=1.0, sampled_at=NOW - 5, lower_since=NOW - 1000, in_flight=1)
+    plan = plan_tick(
+        obs([s], [a, extra], [running(a, 100), pending(extra)], probes={1: ProbeResult(True, "200")}), PREFIX
+    )
+    assert plan.job_changes[2]["state"] == "draining" and plan.job_changes[2]["end_reason"] == "surplus"
+
+
+def test_ready_job_near_its_walltime_leaves_routing_even_without_replacement() -> None:
+    old = job(1, started_at=NOW - 3570, walltime_limit=3600)  # 30 s left, replacement not ready
+    repl = job(2, "pending", node=None, started_at=None, replaces_job_id=1)
+    s = svc()
+    plan = plan_tick(
+        obs([s], [old, repl], [running(old, 3570), pending(repl)], probes={1: ProbeResult(True, "200")}),
+        PREFIX,
+    )
+    assert plan.job_changes[1]["state"] == "draining"
+    assert plan.job_changes[1]["end_reason"] == "walltime-ending"
+    assert any("walltime ending" in line for line in plan.summary)
+
+
+@pytest.mark.parametrize(
+    ("failed", "ago", "submits"),
+    [
+        (0, 0, 1),
+        (1, 5, 0),  # 10 s back-off after the first failed start
+        (1, 11, 1),
+        (3, 30, 0),  # 40 s after three
+        (3, 41, 1),
+        (12, 500, 0),  # capped at 600 s
+        (12, 601, 1),
+    ],
+)
+def test_back_off_after_jobs_that_never_became_ready(failed: int, ago: float, submits: int) -> None:
+    s = svc(minimum=1, failed_starts=failed, last_failed_at=NOW - ago if failed else None)
+    plan = plan_tick(obs([s], [], []), PREFIX)
+    assert len(plan.submits) == submits
+    if not submits:
+        assert any("backing off" in line for line in plan.summary)

@@ -651,3 +651,30 @@ def test_watch_commits_ready_within_the_tick(import_services, home, engine, prob
     assert row["ready_at"] - answered_at[0] < 0.6  # probed every 0.25 s, not once per tick
     assert any(a.get("watch") for a in r.actions)
     assert 2 <= fake.calls["queue"] <= 6
+
+
+def test_jobs_that_fail_before_ready_back_off(import_services, tick, engine, fake, clock, probes) -> None:  # type: ignore[no-untyped-def]
+    """A broken batch script must not be resubmitted every tick (found by the soak)."""
+    import_services(cfg(minimum_number_instances=1))
+    tick()
+    for expected_failures in (1, 2, 3):
+        [live] = fake.live()
+        fake.start(live.job_id)
+        fake.finish(live.job_id, "FAILED")  # died while loading: never answered GET /
+        tick()  # noticed as ended; a failed start in a row
+        ended = [j for j in jobs(engine) if j["state"] == "ended"]
+        assert len(ended) == expected_failures and all(j["ready_at"] is None for j in ended)
+        assert fake.live() == []  # backing off, nothing submitted yet
+        r = tick()
+        assert "backing off" in r.summary and fake.live() == []
+        clock.advance(10 * 2 ** (expected_failures - 1) + 1)
+        tick()
+        assert len(fake.live()) == 1  # the next try after the back-off
+    # A job that becomes ready ends the streak: its successor is submitted at once.
+    [live] = fake.live()
+    fake.start(live.job_id)
+    tick()
+    assert jobs(engine, live_only=True)[0]["state"] == "ready"
+    fake.finish(live.job_id, "NODE_FAIL")
+    tick()
+    assert len(fake.live()) == 1

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 from ..db import read_session
 from ..models import JobState
 from ..slurm import SlurmClient, SlurmError, SlurmJob
+from .plan import DELIBERATE_END_REASONS
 from .probes import ProbeTarget
 from .views import JobView, ServiceView
 
@@ -32,10 +33,21 @@ _SERVICES = text(
            st.load_avg, st.sampled_at, st.lower_since, st.last_busy_at, st.demand_at,
            (SELECT r.started_at FROM requests r WHERE r.service_id = s.id
              ORDER BY r.started_at DESC LIMIT 1) AS last_request_at,
-           (SELECT max(j.submitted_at) FROM jobs j WHERE j.service_id = s.id) AS last_submit_at
-    FROM services s LEFT JOIN service_states st ON st.service_id = s.id
+           (SELECT max(j.submitted_at) FROM jobs j WHERE j.service_id = s.id) AS last_submit_at,
+           f.n AS failed_starts, f.last AS last_failed_at
+    FROM services s LEFT JOIN (
+        -- jobs that ended without ever becoming ready since the service's last ready job
+        SELECT j.service_id, count(*) AS n, max(j.ended_at) AS last
+        FROM jobs j
+        WHERE j.ended_at IS NOT NULL AND j.ready_at IS NULL
+          AND coalesce(j.end_reason, '') NOT IN ({deliberate})
+          AND j.submitted_at > coalesce(
+              (SELECT max(k.submitted_at) FROM jobs k
+               WHERE k.service_id = j.service_id AND k.ready_at IS NOT NULL), 0)
+        GROUP BY j.service_id
+    ) f ON f.service_id = s.id LEFT JOIN service_states st ON st.service_id = s.id
     ORDER BY s.id
-    """
+    """.replace("{deliberate}", ", ".join(f"'{r}'" for r in sorted(DELIBERATE_END_REASONS)))
 )
 _JOBS = text(
     """
@@ -123,6 +135,8 @@ def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
             last_submit_at=r[17],
             in_flight=per_service[r[0]],
             waiting=waiting[r[0]],
+            failed_starts=int(r[18] or 0),
+            last_failed_at=r[19],
         )
         for r in service_rows
     ]

@@ -49,6 +49,37 @@ WALLTIME_MARGIN = 20.0
 FORCED_REASONS = frozenset({"ready-timeout", "unhealthy", "surplus"})
 # Drains for lack of load: such a job still running is taken back when load returns.
 REVIVABLE_REASONS = frozenset({"scale-down", "idle"})
+# Jobs we ended on purpose, and rows that never reached Slurm (a tick that died
+# between its intent and sbatch: repaired at once): they never count as failed starts.
+DELIBERATE_END_REASONS = frozenset(
+    {
+        "rotated",
+        "surplus",
+        "scale-down",
+        "idle",
+        "disabled",
+        "expiring",
+        "drained",
+        "walltime-ending",
+        "submit-failed",
+    }
+)
+# A ready job this close to its walltime gets no new requests, replacement ready or not:
+# a request held for a starting job beats one cut off by Slurm's kill.
+ROUTING_WALLTIME_MARGIN = 2 * WALLTIME_MARGIN
+# Back-off after jobs that ended without ever becoming ready (a broken script, a bad
+# node, a model that cannot load): wait BACKOFF_BASE * 2**(n-1) seconds, at most
+# BACKOFF_MAX, before the next submission, instead of flooding the queue every tick.
+BACKOFF_BASE = 10.0
+BACKOFF_MAX = 600.0
+
+
+def start_backoff(failed_starts: int) -> float:
+    """Seconds to wait after ``failed_starts`` failed starts in a row before submitting again."""
+    if failed_starts <= 0:
+        return 0.0
+    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** min(failed_starts - 1, 16)))
+
 
 _SLURM_END_REASONS = {
     "COMPLETED": "completed",
@@ -238,7 +269,9 @@ class _Planner:
     # --- 3. per service
     def services_pass(self) -> None:
         jobs_of: dict[str, list[_Work]] = {}
+        self.work_of: dict[str, list[_Work]] = {}  # ended this tick included
         for w in self.work:
+            self.work_of.setdefault(w.view.service_id, []).append(w)
             if not w.ended:
                 jobs_of.setdefault(w.view.service_id, []).append(w)
         for svc in self.obs.services:
@@ -311,6 +344,13 @@ class _Planner:
                     self.drain(old, "rotated")
                     did.append(f"rotated job {old.id} -> {w.id}")
 
+        # Slurm kills a job at its walltime whatever it serves: stop routing to it shortly before.
+        for w in live:
+            left = remaining_walltime(w, now)
+            if w.state == JobState.READY.value and left is not None and left < ROUTING_WALLTIME_MARGIN:
+                self.drain(w, "walltime-ending")
+                did.append(f"job {w.id} walltime ending in {max(left, 0):.0f}s")
+
         lower_since = svc.lower_since
         deficit = wanted - len(counted)
         if deficit > 0 and svc.enabled:
@@ -329,7 +369,25 @@ class _Planner:
                     self.act("revive", service=svc.id, job=w.id)
                     did.append(f"revived job {w.id}")
                     deficit -= 1
-        if deficit > 0:
+        backoff_left = 0.0
+        failed_starts, last_failed_at = svc.failed_starts, svc.last_failed_at
+        for w in self.work_of.get(svc.id, ()):  # failed starts noticed this tick count at once
+            never_ready = w.view.ready_at is None and "ready_at" not in w.changes
+            ending = w.ended or (w.doomed and w.end_reason == "ready-timeout")
+            if ending and never_ready and (w.end_reason or "") not in DELIBERATE_END_REASONS:
+                failed_starts, last_failed_at = failed_starts + 1, now
+        if deficit > 0 and failed_starts and last_failed_at is not None:
+            backoff_left = last_failed_at + start_backoff(failed_starts) - now
+        if deficit > 0 and backoff_left > 0:
+            lower_since = None
+            did.append(
+                f"backing off: {svc.failed_starts} job(s) in a row ended before becoming ready, "
+                f"next submission in {backoff_left:.0f}s"
+            )
+            self.act(
+                "backoff", service=svc.id, failed_starts=svc.failed_starts, seconds=round(backoff_left, 1)
+            )
+        elif deficit > 0:
             lower_since = None
             orphans_of_rotation = [
                 w
@@ -426,9 +484,15 @@ class _Planner:
             self.drain(w, reason)
             ready_left -= 1
             gone += 1
+        serving = {w.id for w in self.work if w.state == JobState.READY.value and not w.doomed}
         for w in waiting + loading:
             if gone >= surplus:
                 break
+            if wanted > 0 and w.view.replaces_job_id in serving:
+                # It stands in for a job about to reach its walltime: cancelling it would
+                # leave that job serving until Slurm kills it. The rotation finishes first;
+                # the surplus is taken from ready jobs on a later tick.
+                continue
             self.drain(w, "surplus")
             gone += 1
         return gone

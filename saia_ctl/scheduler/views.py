@@ -35,6 +35,8 @@ class ServiceView:
     last_submit_at: float | None = None  # newest jobs.submitted_at, ended jobs included
     in_flight: int = 0  # requests with ended_at IS NULL
     waiting: int = 0  # ... of which have no backend yet (job_id NULL)
+    failed_starts: int = 0  # jobs in a row that ended without ever becoming ready
+    last_failed_at: float | None = None  # when the newest of those ended
 
 
 @dataclass(frozen=True)
