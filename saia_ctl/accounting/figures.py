@@ -7,7 +7,6 @@ were pruned: that is what makes reports of pruned months byte-identical.
 
 from __future__ import annotations
 
-import bisect
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
@@ -90,28 +89,30 @@ def dbapi(session: Session) -> sqlite3.Connection:
     return conn
 
 
+# SUM of a group whose terms are all NULL (e.g. only in-flight rows: outcome IS NULL) is NULL,
+# hence the IFNULLs: such a group has 0 ok, 0 errors... (not null).
 _COUNT_COLUMNS = """COUNT(*),
-       SUM(outcome = 'ok'), SUM(outcome = 'error'),
-       SUM(outcome = 'error' AND status >= 400 AND status < 500),
-       SUM(outcome = 'error' AND status >= 500),
-       SUM(outcome = 'aborted'), SUM(outcome IS NULL),
-       COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0)"""
+       IFNULL(SUM(outcome = 'ok'), 0), IFNULL(SUM(outcome = 'error'), 0),
+       IFNULL(SUM(outcome = 'error' AND status >= 400 AND status < 500), 0),
+       IFNULL(SUM(outcome = 'error' AND status >= 500), 0),
+       IFNULL(SUM(outcome = 'aborted'), 0), SUM(outcome IS NULL),
+       IFNULL(SUM(input_tokens), 0), IFNULL(SUM(output_tokens), 0)"""
 
 
 def _counts_sql(group: str) -> str:
     return f"SELECT {group}, {_COUNT_COLUMNS} FROM requests WHERE started_at >= ? AND started_at < ? GROUP BY {group}"
 
 
+# Ordered by duration: the lists built from it come out sorted (SQLite's sorter is C).
 _LATENCY_SQL = """
-SELECT user_id, service_id, ended_at - started_at, first_byte_at - started_at
+SELECT user_id, service_id, ended_at - started_at AS d, first_byte_at - started_at
 FROM requests WHERE started_at >= ? AND started_at < ? AND outcome = 'ok'
+ORDER BY d
 """
 
-_DAYS_SQL = """
-SELECT service_id, CAST((started_at - ?) / 900 AS INTEGER) AS q, COUNT(*)
-FROM requests WHERE started_at >= ? AND started_at < ?
-GROUP BY service_id, q
-"""
+# Requests per service in one local day: a range count on ix_requests_service_started
+# (covering), much cheaper than grouping a month of rows.
+_DAY_SQL = "SELECT count(*) FROM requests WHERE service_id = ? AND started_at >= ? AND started_at < ?"
 
 _JOBS_SQL = """
 SELECT id, service_id, gpus, submitted_at, started_at, ready_at, draining_at, ended_at
@@ -181,30 +182,23 @@ def _pairs(conn: sqlite3.Connection, a: float, b: float) -> list[tuple[str, str]
 
 def _latencies(conn: sqlite3.Connection, figs: Figures, want_cell: Callable[[str, str], bool] | None) -> None:
     a, b = figs.window.start, figs.window.end
-    dur: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
-    ttfb: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
-    for u, s, d, f in conn.execute(_LATENCY_SQL, (a, b)):
-        key = (u, s)
-        dur[key].append(d)
-        if f is not None:
-            ttfb[key].append(f)
+    rows = conn.execute(_LATENCY_SQL, (a, b)).fetchall()
+    # Durations arrive sorted, so every list of them is sorted; times to first byte are sorted
+    # per list below (stable: equal values are equal floats, the order among them is moot).
     by_user_d: defaultdict[str, list[float]] = defaultdict(list)
     by_user_f: defaultdict[str, list[float]] = defaultdict(list)
     by_svc_d: defaultdict[str, list[float]] = defaultdict(list)
     by_svc_f: defaultdict[str, list[float]] = defaultdict(list)
-    all_d: list[float] = []
-    all_f: list[float] = []
-    for (u, s), values in dur.items():
-        by_user_d[u] += values
-        by_svc_d[s] += values
-        all_d += values
-    for (u, s), values in ttfb.items():
-        by_user_f[u] += values
-        by_svc_f[s] += values
-        all_f += values
+    for u, s, d, f in rows:
+        by_user_d[u].append(d)
+        by_svc_d[s].append(d)
+        if f is not None:
+            by_user_f[u].append(f)
+            by_svc_f[s].append(f)
+    all_d = [r[2] for r in rows]
+    all_f = sorted([r[3] for r in rows if r[3] is not None])
 
     def put(key: tuple[str, str], d: list[float], f: list[float]) -> None:
-        d.sort()
         f.sort()
         cell = figs.usage[key]
         cell.duration_p50, cell.duration_p95 = percentile(d, 50), percentile(d, 95)
@@ -216,18 +210,29 @@ def _latencies(conn: sqlite3.Connection, figs: Figures, want_cell: Callable[[str
         put((ALL, s), d, by_svc_f.get(s, []))
     if all_d:
         put((ALL, ALL), all_d, all_f)
+    pairs = [k for k in figs.usage if k[0] != ALL and k[1] != ALL]
+    if not pairs:
+        return
+    dur: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    ttfb: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    for u, s, d, f in rows:
+        if (u, s) in figs.usage:
+            dur[(u, s)].append(d)
+            if f is not None:
+                ttfb[(u, s)].append(f)
     for key, d in dur.items():
-        if key in figs.usage:
-            put(key, d, ttfb.get(key, []))
+        put(key, d, ttfb.get(key, []))
 
 
 def _days(conn: sqlite3.Connection, figs: Figures) -> None:
     w = figs.window
-    starts = w.day_starts
-    for s, q, n in conn.execute(_DAYS_SQL, (w.start, w.start, w.end)):
-        # Quarter hours from the local midnight: every zone's offsets are whole quarter hours.
-        day = w.days[max(0, bisect.bisect_right(starts, w.start + q * 900 + 1) - 1)][0]
-        figs.days[(s, day)] = figs.days.get((s, day), 0) + n
+    services = sorted(s for (u, s) in figs.usage if u == ALL and s != ALL)  # those with requests
+    bounds = [*w.day_starts, w.end]
+    for s in services:
+        for (day, lo), hi in zip(w.days, bounds[1:], strict=True):
+            n = conn.execute(_DAY_SQL, (s, lo, hi)).fetchone()[0]
+            if n:
+                figs.days[(s, day)] = n
 
 
 def _gpu(conn: sqlite3.Connection, figs: Figures, now: float) -> None:

@@ -66,13 +66,46 @@ def title(data: dict[str, Any]) -> str:
     return f"saia-ctl report {data['month']} ({data['tz']}: {data['from']} to {data['to']})"
 
 
+def _plain(cells: Sequence[str]) -> bool:
+    """True if tabulate would print every cell as is: printable ASCII, no surrounding blanks."""
+    return all(c.isascii() and c.isprintable() and c == c.strip() for c in cells)
+
+
+def grid(body: Sequence[Sequence[str]], headers: Sequence[str], fmt: str = "simple") -> str:
+    """``tabulate(body, headers, tablefmt=fmt, disable_numparse=True)``, byte for byte, for the
+    "simple" and "github" formats; much faster on the 10,000 rows of a month's users.
+
+    Only plain cells take the fast path (see ``_plain``): anything else (wide characters, escape
+    codes, blanks that tabulate would strip) goes to tabulate itself.
+    """
+    if fmt not in ("simple", "github") or not _plain(headers) or not all(_plain(r) for r in body):
+        return tabulate(body, headers=list(headers), tablefmt=fmt, disable_numparse=True)
+    widths = [len(h) + 2 for h in headers]  # tabulate's minimum: the header plus MIN_PADDING
+    for r in body:
+        widths = [w if w >= len(c) else len(c) for w, c in zip(widths, r, strict=True)]
+
+    if fmt == "simple":
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+    else:
+
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *map(line, body)])
+
+
 def to_table(data: dict[str, Any], fmt: str = "simple") -> str:
     md = fmt == "github"
     parts = [("# " if md else "") + title(data)]
     for name, rows in _sections(data):
         cols, body = _rows(rows)
         parts.append(("## " if md else "") + name)
-        parts.append(tabulate(body, headers=cols, tablefmt=fmt, disable_numparse=True) if rows else "(none)")
+        parts.append(grid(body, cols, fmt) if rows else "(none)")
     return "\n\n".join(parts) + "\n"
 
 

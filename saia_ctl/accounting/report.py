@@ -138,10 +138,15 @@ def build(
     if user is not None:
         services = [s for s in services if (user, s) in figs.usage]
 
+    per_user: dict[str, int] = {}  # a user's figure: the sum of their rounded per-service shares
+    for shares in gpu_share.values():
+        for u, milli in shares.items():
+            per_user[u] = per_user.get(u, 0) + milli
+
     def user_gpu(u: str) -> int:
         if service is not None:
             return gpu_share.get(service, {}).get(u, 0)
-        return sum(gpu_share[s].get(u, 0) for s in sorted(gpu_share))
+        return per_user.get(u, 0)
 
     user_rows: list[dict[str, Any]] = []
     for u in users:
