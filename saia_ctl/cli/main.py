@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from . import common, db_cmd, init_cmd, services_cmd
+from . import (
+    common,
+    db_cmd,
+    init_cmd,
+    jobs_cmd,
+    metrics_cmd,
+    proxy_cmd,
+    report_cmd,
+    requests_cmd,
+    services_cmd,
+    tick_cmd,
+)
 
 app = typer.Typer(
     name="saia-ctl",
@@ -36,15 +47,9 @@ app.add_typer(db_cmd.app, name="db")
 app.command("init")(init_cmd.init)
 app.add_typer(services_cmd.app, name="services")
 
-# Command groups owned by the other modules register themselves here.
-for _module in ("tick_cmd", "jobs_cmd", "report_cmd", "requests_cmd", "metrics_cmd", "proxy_cmd"):
-    try:
-        _mod = __import__(f"{__package__}.{_module}", fromlist=["register"])
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__package__}.{_module}":
-            raise
-        continue
-    _mod.register(app)
+# The scheduler, accounting and proxy command groups.
+for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd):
+    _module.register(app)
 
 
 def run() -> None:
