@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common import Figure, json_line  # noqa: E402
+
 from tests.data.wire.routekit import CLOUD_INTERFACE, Backend, add_job, chat_body, command  # noqa: E402
 
 
@@ -97,6 +99,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stream", action="store_true", help="a streaming chat completion instead")
     ap.add_argument("--batch", type=int, default=10, help="requests of one variant in a row")
+    ap.add_argument("--json", action="store_true", help="print the figures as a JSON line last (bench/run)")
     args = ap.parse_args()
     curl = shutil.which("curl")
     if curl is None:
@@ -159,7 +162,16 @@ def main() -> None:
             overhead = figures["cloud_interface"][0] - figures["curl"][0]
             extra_cpu = figures["cloud_interface"][3] - figures["curl"][3]
             print(f"{run:>3} {'overhead':<18} {overhead:9.1f} {'':>7} {'':>10} {extra_cpu:18.1f}")
-            summary.append((overhead, figures["cloud_interface"][2], figures["cloud_interface"][3]))
+            summary.append(
+                (
+                    overhead,
+                    figures["cloud_interface"][2],
+                    figures["cloud_interface"][3],
+                    figures["curl"][0],
+                    figures["cloud_interface"][1] - figures["curl"][1],
+                    figures["curl"][2],
+                )
+            )
         print(
             f"median over runs: overhead {statistics.median(s[0] for s in summary):.1f} ms, "
             f"cloud_interface CPU {statistics.median(s[1] for s in summary):.1f} ms/request "
@@ -171,6 +183,49 @@ def main() -> None:
         with sqlite3.connect(home / "saia.db") as conn:
             n, ok = conn.execute("SELECT count(*), sum(outcome = 'ok') FROM requests").fetchone()
         print(f"rows recorded: {n}, ok: {ok}")
+        if args.json:
+            kind = "streaming" if args.stream else "non-streaming"
+            over = statistics.median(x[0] for x in summary)
+            our_cpu = statistics.median(x[1] for x in summary)
+            print(
+                json_line(
+                    [
+                        Figure(
+                            "request_path",
+                            f"overhead over curl, median ({kind})",
+                            round(over, 2),
+                            "ms",
+                            baseline=round(statistics.median(x[3] for x in summary), 2),
+                            goal="< 15 ms",
+                            ok=over < 15,
+                        ),
+                        Figure(
+                            "request_path",
+                            f"overhead over curl, p95 ({kind})",
+                            round(statistics.median(x[4] for x in summary), 2),
+                            "ms",
+                        ),
+                        Figure(
+                            "request_path",
+                            "CPU per request (bash + handler)",
+                            round(our_cpu, 2),
+                            "ms",
+                            baseline=round(statistics.median(x[5] for x in summary), 2),
+                            goal="< 40 ms",
+                            ok=our_cpu < 40,
+                        ),
+                        Figure(
+                            "request_path",
+                            "rows recorded ok / requests",
+                            ok,
+                            "",
+                            baseline=n,
+                            goal="all",
+                            ok=ok == n,
+                        ),
+                    ]
+                )
+            )
     finally:
         backend.stop()
         shutil.rmtree(home, ignore_errors=True)
