@@ -62,6 +62,8 @@ WRITTEN: dict[str, dict[str, type]] = {
         "ended_at": float,
         "submitted_at": float,
         "ready_at": float,
+        "started_at": float,
+        "walltime_limit": int,
     },
     "services": {
         "id": str,
