@@ -157,7 +157,8 @@ def test_min_one_submits_once_with_name_port_secret(import_services, tick, engin
     assert row["port"] == lo
     [fj] = fake.jobs.values()
     assert fj.job.name == row["name"] and fj.port == row["port"] and fj.script == SBATCH
-    assert fj.env == {"SAIA_API_KEY": row["secret"], "SAIA_PORT": str(lo)}
+    assert fj.env == {"SAIA_API_KEY": row["secret"], "SAIA_PORT": str(lo), "SAIA_SBATCH": SBATCH}
+    assert fj.args == ["--no-requeue"]  # a job lost with its node ends and is replaced at once
     assert len(row["secret"]) >= 40
     assert "svc: target 1" in r.summary and "submitting 1" in r.summary
     # Pending counts toward the target: a second tick submits nothing.

@@ -218,6 +218,10 @@ class Outcomes:
     skipped: list[Cancel]  # graceful cancels of jobs that got a request after all
 
 
+# Options every backend job is submitted with (they override the script's #SBATCH lines).
+SUBMIT_ARGS = ("--no-requeue",)
+
+
 def call_slurm(
     engine: Engine,
     slurm: SlurmClient,
@@ -251,9 +255,12 @@ def call_slurm(
                 job.sbatch,
                 name=job.name,
                 port=job.port,
-                env={"SAIA_API_KEY": job.secret, "SAIA_PORT": str(job.port)},
+                env={"SAIA_API_KEY": job.secret, "SAIA_PORT": str(job.port), "SAIA_SBATCH": job.sbatch},
                 workdir=settings.jobs_dir,
                 output=f"{settings.jobs_dir}/%x-%j.out",
+                # A job lost with its node must end, not wait ~2 min in the queue
+                # for its requeue (BeginTime): the next tick submits a fresh one.
+                extra_args=SUBMIT_ARGS,
             )
         except SlurmError as e:
             out.submit_failed.append((job, str(e)))

@@ -200,6 +200,11 @@ class _Planner:
             )
             if sj is None and w.slurm_job_id is not None:
                 sj = self.obs.job_info.get(w.slurm_job_id)
+            if sj is not None and sj.name != w.view.name:
+                # Not our job: a controller that crashed (SIGKILL) forgets jobs it had not saved
+                # and hands their ids out again, to anyone. Ours is gone; never adopt (or later
+                # cancel) the job that now has its id.
+                sj = None
             if sj is None:
                 if w.slurm_job_id is None:
                     # Written before sbatch by a tick that died or failed to submit: never reached Slurm.
