@@ -331,6 +331,7 @@ class PrunedTotal(Base):
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
 
+
 # Requests in flight, or longer than an hour: the few a month's report must find among rows
 # that started before the month (accounting.figures; same WHERE text, so SQLite uses it).
 Index(

@@ -101,4 +101,8 @@ class FakeSlurm:
         self.forgotten.add(job_id)
 
     def live(self) -> list[SlurmJob]:
-        return [fj.job for fj in self.jobs.values() if not fj.job.is_finished and fj.job.job_id not in self.forgotten]
+        return [
+            fj.job
+            for fj in self.jobs.values()
+            if not fj.job.is_finished and fj.job.job_id not in self.forgotten
+        ]

@@ -48,7 +48,8 @@ def sh(*argv: str) -> None:
 @pytest.fixture
 def dbfs(home: Path, tmp_path: Path, engine: Any, import_services: Callable[..., None]) -> Iterator[Path]:
     """The migrated database moved onto a 4 MiB tmpfs; saia.conf points SAIA_DB_URL at it."""
-    import_services(service_config(SERVICE, sbatch=SBATCH, minimum_number_instances=0))
+    # A short hold: with no job the request is held for a backend before its 503.
+    import_services(service_config(SERVICE, sbatch=SBATCH, minimum_number_instances=0, request_hold_time=1))
     engine.dispose()  # no connection of this process may keep the file open (remount would be busy)
     mnt = tmp_path / "dbfs"
     mnt.mkdir()

@@ -83,7 +83,7 @@ def live_rows(home: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM jobs WHERE ended_at IS NULL ORDER BY id")]
 
 
-def killed_tick(home: Path, delay: float) -> tuple[int | None, float]:
+def killed_tick(home: Path, delay: float, wait_for_exit: bool = False) -> tuple[int | None, float]:
     env = {**os.environ, "SAIA_HOME": str(home), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [PYTHON, "-m", "saia_ctl.scheduler"],
@@ -92,6 +92,8 @@ def killed_tick(home: Path, delay: float) -> tuple[int | None, float]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    if wait_for_exit:
+        return proc.wait(delay), delay
     time.sleep(delay)
     alive = proc.poll() is None
     if alive:
@@ -109,13 +111,26 @@ def test_tick_killed_at_random_points_leaves_nothing_the_next_tick_does_not_repa
     rng = random.Random(int(os.environ.get("SAIA_FAULT_SEED", "77")))
     first = run_tick(world["engine"], world["settings"], slurm, watch=False)
     assert first.ran, first.text()
+    # Kill points are spread over the time a whole tick process takes on this machine
+    # (with work to do: a job cancelled by hand), so that most land inside the tick.
+    spans = []
+    for _ in range(2):
+        for j in ours(world):
+            slurm.cancel(j.job_id)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        code, _ = killed_tick(home, 600.0, wait_for_exit=True)
+        spans.append(time.monotonic() - t0)
+        assert code == 0, "an unkilled tick failed"
+        time.sleep(1.2)
+    span = sorted(spans)[0]
     killed = 0
     for n in range(ROUNDS):
         jobs = ours(world)
         if jobs and rng.random() < 0.7:  # work for the killed tick: a job gone by hand
             slurm.cancel(rng.choice(jobs).job_id)
             time.sleep(0.3)
-        code, delay = killed_tick(home, rng.uniform(0.05, 1.5))
+        code, delay = killed_tick(home, rng.uniform(0.05, 0.9 * span))
         killed += code == -signal.SIGKILL
         time.sleep(1.2)  # the killed tick's lease (TTL 1 s) expires
         result = run_tick(world["engine"], world["settings"], slurm, watch=False)

@@ -679,3 +679,17 @@ def test_jobs_that_fail_before_ready_back_off(import_services, tick, engine, fak
     fake.finish(live.job_id, "NODE_FAIL")
     tick()
     assert len(fake.live()) == 1
+
+
+def test_job_cancelled_by_hand_before_ready_is_replaced_without_back_off(
+    import_services, tick, engine, fake
+) -> None:  # type: ignore[no-untyped-def]
+    """An admin's scancel says nothing about the batch script: no back-off (found by the tick-kill faults)."""
+    import_services(cfg(minimum_number_instances=1))
+    for _ in range(3):
+        tick()
+        [live] = fake.live()
+        fake.cancel(live.job_id)  # pending, never ready
+        r = tick()
+        assert "backing off" not in r.summary
+        assert len(fake.live()) == 1

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from ..db import read_session
 from ..models import JobState
 from ..slurm import SlurmClient, SlurmError, SlurmJob
-from .plan import DELIBERATE_END_REASONS
+from .plan import FAILED_START_REASONS
 from .probes import ProbeTarget
 from .views import JobView, ServiceView
 
@@ -40,14 +40,14 @@ _SERVICES = text(
         SELECT j.service_id, count(*) AS n, max(j.ended_at) AS last
         FROM jobs j
         WHERE j.ended_at IS NOT NULL AND j.ready_at IS NULL
-          AND coalesce(j.end_reason, '') NOT IN ({deliberate})
+          AND j.end_reason IN ({failed})
           AND j.submitted_at > coalesce(
               (SELECT max(k.submitted_at) FROM jobs k
                WHERE k.service_id = j.service_id AND k.ready_at IS NOT NULL), 0)
         GROUP BY j.service_id
     ) f ON f.service_id = s.id LEFT JOIN service_states st ON st.service_id = s.id
     ORDER BY s.id
-    """.replace("{deliberate}", ", ".join(f"'{r}'" for r in sorted(DELIBERATE_END_REASONS)))
+    """.replace("{failed}", ", ".join(f"'{r}'" for r in sorted(FAILED_START_REASONS)))
 )
 _JOBS = text(
     """

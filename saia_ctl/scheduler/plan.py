@@ -49,20 +49,12 @@ WALLTIME_MARGIN = 20.0
 FORCED_REASONS = frozenset({"ready-timeout", "unhealthy", "surplus"})
 # Drains for lack of load: such a job still running is taken back when load returns.
 REVIVABLE_REASONS = frozenset({"scale-down", "idle"})
-# Jobs we ended on purpose, and rows that never reached Slurm (a tick that died
-# between its intent and sbatch: repaired at once): they never count as failed starts.
-DELIBERATE_END_REASONS = frozenset(
-    {
-        "rotated",
-        "surplus",
-        "scale-down",
-        "idle",
-        "disabled",
-        "expiring",
-        "drained",
-        "walltime-ending",
-        "submit-failed",
-    }
+# Ends that mean the job itself failed before it ever answered (a broken script,
+# a model that cannot load, a bad node image): these make the service back off.
+# A job cancelled by someone, lost with the controller, or ended by us is no
+# such sign.
+FAILED_START_REASONS = frozenset(
+    {"failed", "completed", "timeout", "out-of-memory", "boot-failure", "deadline", "ready-timeout"}
 )
 # A ready job this close to its walltime gets no new requests, replacement ready or not:
 # a request held for a starting job beats one cut off by Slurm's kill.
@@ -379,7 +371,7 @@ class _Planner:
         for w in self.work_of.get(svc.id, ()):  # failed starts noticed this tick count at once
             never_ready = w.view.ready_at is None and "ready_at" not in w.changes
             ending = w.ended or (w.doomed and w.end_reason == "ready-timeout")
-            if ending and never_ready and (w.end_reason or "") not in DELIBERATE_END_REASONS:
+            if ending and never_ready and (w.end_reason or "") in FAILED_START_REASONS:
                 failed_starts, last_failed_at = failed_starts + 1, now
         if deficit > 0 and failed_starts and last_failed_at is not None:
             backoff_left = last_failed_at + start_backoff(failed_starts) - now
