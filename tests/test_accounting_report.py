@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import random
+import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -308,9 +309,17 @@ def test_formats_and_output_folder(rows: Rows, engine: Any, tmp_path: Path, home
     )
     r = cli("report", "--month", "2026-05")
     assert "Users" in r.stdout and "Totals" in r.stdout
-    r = cli("report", "--month", "2026-05", "--format", "html", "--output", str(tmp_path / "out"), "--save")
+    default = home / "reports" / "2026-05"
+    assert default.is_dir()  # the reports above wrote their files there by default
+    shutil.rmtree(default)
+    r = cli("report", "--month", "2026-05", "--no-files")
+    assert r.exit_code == 0 and not default.exists()  # --no-files only prints
+    r = cli("report", "--month", "2026-05", "--format", "html", "--output", str(tmp_path / "out"))
     assert r.exit_code == 0 and r.stdout.startswith("<!DOCTYPE html>") and "<script" not in r.stdout
-    for folder in (tmp_path / "out", home / "reports" / "2026-05"):
+    assert not default.exists()  # --output replaces the default folder
+    r = cli("report", "--month", "2026-05", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["month"] == "2026-05"
+    for folder in (tmp_path / "out", default):  # by default the files go to $SAIA_HOME/reports/YYYY-MM/
         assert sorted(p.name for p in folder.iterdir()) == [
             "days.csv", "report.html", "report.json", "services.csv", "users.csv",
         ]  # fmt: skip

@@ -38,12 +38,16 @@ def report(
     output: Annotated[
         str | None,
         typer.Option(
-            "--output", "-o", help="Also write report.json, *.csv and report.html into this folder."
+            "--output",
+            "-o",
+            help="Folder for report.json, the CSV files and report.html "
+            "(default: $SAIA_HOME/reports/YYYY-MM/).",
         ),
     ] = None,
-    save: Annotated[
-        bool, typer.Option("--save", help="Also write the files into $SAIA_HOME/reports/YYYY-MM/.")
-    ] = False,
+    files: Annotated[
+        bool,
+        typer.Option("--files/--no-files", help="Write the report files, or only print the report."),
+    ] = True,
     anonymize: Annotated[
         bool,
         typer.Option(
@@ -72,12 +76,17 @@ def report(
     for note in rep.notes:
         typer.echo(note, err=True)
     typer.echo(render(rep.data, fmt.value), nl=False)
-    folders = [output] if output else []
-    if save:
-        folders.append(os.path.join(settings.home, "reports", rep.data["month"]))
-    for folder in folders:
-        for path in write_files(rep.data, folder):
-            typer.echo(f"wrote {path}", err=True)
+    if not files:
+        return
+    folder = output or os.path.join(settings.home, "reports", rep.data["month"])
+    try:
+        written = write_files(rep.data, folder)
+    except OSError as e:
+        # The report was printed; files that cannot be written are not worth a failure.
+        common.warn(f"report files not written to {folder}: {e.strerror or e}")
+        return
+    for path in written:
+        typer.echo(f"wrote {path}", err=True)
 
 
 def register(app: typer.Typer) -> None:
