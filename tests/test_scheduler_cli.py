@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,3 +102,33 @@ def test_module_entry_not_due_and_busy_exit_0_without_typer(home, engine, settin
 def test_module_entry_error_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = _module(tmp_path / "empty")
     assert r.returncode == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+
+
+def test_summary_written_to_a_log_file_is_timestamped(home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """keep-alive sends the detached tick's output to logs/tick.log: each line says when."""
+    log = tmp_path / "tick.log"
+    with log.open("w") as f:
+        r = subprocess.run(
+            [sys.executable, "-m", "saia_ctl.scheduler"],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SAIA_HOME": str(home), "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+    assert r.returncode in (0, 1)
+    lines = log.read_text().splitlines()
+    assert lines and all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line) for line in lines), lines
+
+
+def test_entry_point_refuses_an_old_schema(home: Path, engine) -> None:  # type: ignore[no-untyped-def]
+    from saia_ctl.migrate import downgrade
+
+    downgrade(engine, "0001")
+    r = subprocess.run(
+        [sys.executable, "-m", "saia_ctl.scheduler"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAIA_HOME": str(home), "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert r.returncode == 1 and r.stderr.startswith("Error: the database is at migration 0001")

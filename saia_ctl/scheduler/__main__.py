@@ -9,7 +9,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
+import time
+from typing import TextIO
+
+
+def _emit(text: str, stream: TextIO) -> None:
+    """Print; into a log file (keep-alive's ``logs/tick.log``) each line gets a UTC timestamp."""
+    try:
+        to_file = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):
+        to_file = False
+    if to_file:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime())
+        text = "\n".join(stamp + line for line in text.splitlines())
+    print(text, file=stream, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,23 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from ..db import engine_for
-        from ..migrate import current_revision
+        from ..migrate import require_current
         from ..settings import Settings
         from .tick import make_slurm, run_tick
 
         settings = Settings(home=args.home)
         engine = engine_for(settings)
-        if current_revision(engine) is None:
-            raise RuntimeError("the database is empty: run `saia-ctl db upgrade` first")
+        require_current(engine)
         result = run_tick(engine, settings, make_slurm(settings), if_due=args.if_due)
     except Exception as e:
         if os.environ.get("SAIA_DEBUG") == "1":
             raise
-        print(f"Error: {' '.join(str(e).split()) or e.__class__.__name__}", file=sys.stderr)
+        _emit(f"Error: {' '.join(str(e).split()) or e.__class__.__name__}", sys.stderr)
         return 1
     text = result.text()
     if text and not (args.quiet and not result.error):
-        print(text, file=sys.stderr if result.error else sys.stdout)
+        _emit(text, sys.stderr if result.error else sys.stdout)
     return result.exit_code
 
 
