@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.netkit import free_port as _free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_CLUSTER = REPO / "scripts" / "dev-cluster.sh"
@@ -143,12 +144,6 @@ def _running(directory: Path) -> bool:
         [str(DEV_CLUSTER), "status", str(directory)], capture_output=True, text=True, timeout=60
     )
     return proc.returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cluster_at(directory: Path, owned: bool) -> Cluster:

@@ -31,6 +31,7 @@ import pytest
 from saia_ctl.proxy.config import ProxyConfig
 from saia_ctl.proxy.server import Proxy, running_in_thread
 from tests.conftest import service_config
+from tests.netkit import free_port as _free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parent.parent
@@ -275,14 +276,6 @@ def _descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

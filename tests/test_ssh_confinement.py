@@ -20,6 +20,7 @@ import pytest
 
 from tests.cluster_fixture import Cluster
 from tests.conftest import REPO, service_config
+from tests.netkit import free_port, wait_port
 from tests.test_faults_kit import Backend, add_ready_job, assert_error_answer, parse_http, request_rows
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -57,23 +58,6 @@ def background() -> Iterator[list[subprocess.Popen[bytes]]]:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def test_the_key_serves_requests(cluster: Cluster, key: Path, home: Path, target: Backend) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster_fixture import Cluster
+from tests.netkit import free_port, wait_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -79,23 +80,6 @@ def target() -> Iterator[Target]:
     t = Target()
     yield t
     t.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.fixture

@@ -16,15 +16,11 @@ from typing import Any
 import openai
 import pytest
 
+from tests.netkit import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SERVER = REPO / "sbatch" / "test_llm_server.py"
 SECRET = "s3cret-Key_for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> float:

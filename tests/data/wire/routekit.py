@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,15 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.netkit import free_port
+
 REPO = Path(__file__).resolve().parents[3]
 CLOUD_INTERFACE = REPO / "cloud_interface.sh"
 BACKEND = Path(__file__).with_name("backend.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Backend:
