@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, service_config
-from tests.test_faults_kit import (
+from tests.faultkit import (
     Backend,
     add_ready_job,
     assert_error_answer,

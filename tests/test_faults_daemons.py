@@ -44,7 +44,7 @@ from tests.cluster_fixture import DEV_CLUSTER, Cluster, start_cluster
 from tests.conftest import REPO, service_config
 from tests.data.wire.routekit import chat_body, command
 from tests.data.wire.routekit import rows as request_rows
-from tests.test_faults_kit import parse_http
+from tests.faultkit import parse_http
 
 BACKEND = REPO / "tests" / "data" / "scheduler_backend.sbatch"
 SLURMD_TIMEOUT = 6  # this private cluster only (dev-cluster.sh writes 30)

@@ -17,7 +17,7 @@ from typing import Any
 
 from saia_ctl.migrate import downgrade, head_revision
 from tests.conftest import REPO, service_config
-from tests.test_faults_kit import Backend, add_ready_job, integrity, parse_http, request_rows, run_inproc
+from tests.faultkit import Backend, add_ready_job, integrity, parse_http, request_rows, run_inproc
 
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")
 SBATCH = str(REPO / "examples" / "saia" / "sbatch" / "example-service.sbatch")

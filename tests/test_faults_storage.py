@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, service_config
-from tests.test_faults_kit import (
+from tests.faultkit import (
     PYTHON,
     Backend,
     add_ready_job,

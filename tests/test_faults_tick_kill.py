@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, service_config
-from tests.test_faults_kit import PYTHON
+from tests.faultkit import PYTHON
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 

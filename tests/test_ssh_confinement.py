@@ -20,8 +20,8 @@ import pytest
 
 from tests.cluster_fixture import Cluster
 from tests.conftest import REPO, service_config
+from tests.faultkit import Backend, add_ready_job, assert_error_answer, parse_http, request_rows
 from tests.netkit import free_port, wait_port
-from tests.test_faults_kit import Backend, add_ready_job, assert_error_answer, parse_http, request_rows
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
