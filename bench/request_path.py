@@ -8,7 +8,13 @@ processes started (``RUSAGE_CHILDREN``: bash + python, or curl) and
 machine-wide (``/proc/stat`` busy time, which includes the backend, the
 same for both variants).
 
-    .venv/bin/python bench/request_path.py [--requests 100] [--runs 3] [--stream]
+With ``--forwarder`` a third variant, ``forwarder``: ``cloud_interface.sh``
+with ``SAIA_FORWARDER=on`` and the forwarder running (``saia_ctl/forwarder.py``,
+reached by ``saia_ctl/hotpath/client.pl``). Its per-process CPU covers bash +
+perl only; the forked child that serves the request runs in the forwarder, so
+compare the machine-wide figure, which includes it.
+
+    .venv/bin/python bench/request_path.py [--requests 100] [--runs 3] [--stream] [--forwarder]
 """
 
 from __future__ import annotations
@@ -99,15 +105,40 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stream", action="store_true", help="a streaming chat completion instead")
     ap.add_argument("--batch", type=int, default=10, help="requests of one variant in a row")
+    ap.add_argument("--forwarder", action="store_true", help="also the forwarder variant (SAIA_FORWARDER=on)")
     ap.add_argument("--json", action="store_true", help="print the figures as a JSON line last (bench/run)")
     args = ap.parse_args()
     curl = shutil.which("curl")
     if curl is None:
         raise SystemExit("curl is needed")
     home = Path(tempfile.mkdtemp(prefix="saia-bench-"))
+    # Private TMPDIRs: the forwarder's socket directory exists only in fwd_tmp, so the
+    # cloud_interface variant takes today's one-process path.
+    plain_tmp = tempfile.mkdtemp(prefix="sb", dir="/tmp")
+    fwd_tmp = tempfile.mkdtemp(prefix="sf", dir="/tmp")
+    fwd_proc = None
     backend = Backend()
     try:
         setup(home)
+        if args.forwarder:
+            (home / "saia.conf").write_text("SAIA_FORWARDER=on\n")
+            fwd_env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
+            fwd_env.update(SAIA_HOME=str(home), PYTHONPATH=str(REPO), TMPDIR=fwd_tmp)
+            fwd_proc = subprocess.Popen(
+                [str(REPO / ".venv" / "bin" / "python"), "-m", "saia_ctl.forwarder"],
+                env=fwd_env,
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            from saia_ctl.forwarder import answers, socket_path
+
+            sock = socket_path(str(home), {"TMPDIR": fwd_tmp})
+            for _ in range(100):
+                if answers(sock):
+                    break
+                time.sleep(0.05)
+            else:
+                raise SystemExit("the forwarder did not start")
         add_job(home / "saia.db", "bench", backend.port, backend.secret)
         body = chat_body(args.stream, max_tokens=5)
         url = f"http://127.0.0.1:{backend.port}/v1/chat/completions"
@@ -117,24 +148,30 @@ def main() -> None:
         ]  # fmt: skip
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
         base_env["SAIA_HOME"] = str(home)
+        base_env["TMPDIR"] = plain_tmp
+        variants = {"cloud_interface": base_env}
+        if args.forwarder:
+            variants["forwarder"] = dict(base_env, TMPDIR=fwd_tmp)
         # warm-up (bytecode, page cache)
         for i in range(5):
             run_batch([(direct, base_env)])
             env = dict(base_env, SSH_ORIGINAL_COMMAND=command(
                 f"warm-{i}", "bench@x", "bench", "/v1/chat/completions",
                 headers={"content-type": "application/json"}, body=body).decode())  # fmt: skip
-            run_batch([([str(CLOUD_INTERFACE)], env)])
+            for venv in variants.values():
+                run_batch([([str(CLOUD_INTERFACE)], dict(env, TMPDIR=venv["TMPDIR"]))])
         print(f"request: POST /v1/chat/completions ({'streaming' if args.stream else 'non-streaming'}, "
               f"{len(body)} bytes), {args.requests} per variant and run, cores: {os.cpu_count()}")  # fmt: skip
         print(
             f"{'run':>3} {'variant':<18} {'median ms':>9} {'p95 ms':>7} {'cpu/req ms':>10} {'machine cpu/req ms':>18}"
         )
         summary = []
+        fwd_summary: list[tuple[float, float, float, float, float]] = []
         seq = 0
         for run in range(1, args.runs + 1):
-            walls: dict[str, list[float]] = {"curl": [], "cloud_interface": []}
-            cpu: dict[str, list[float]] = {"curl": [], "cloud_interface": []}
-            machine: dict[str, list[float]] = {"curl": [], "cloud_interface": []}
+            walls: dict[str, list[float]] = {"curl": [], **{v: [] for v in variants}}
+            cpu: dict[str, list[float]] = {"curl": [], **{v: [] for v in variants}}
+            machine: dict[str, list[float]] = {"curl": [], **{v: [] for v in variants}}
             left = args.requests
             while left > 0:
                 n = min(args.batch, left)
@@ -143,16 +180,17 @@ def main() -> None:
                 walls["curl"] += w
                 cpu["curl"] += [c] * n
                 machine["curl"] += [m] * n
-                batch = []
-                for _ in range(n):
-                    seq += 1
-                    cmd = command(f"bench-{run}-{seq}", "bench@x", "bench", "/v1/chat/completions",
-                                  headers={"content-type": "application/json"}, body=body)  # fmt: skip
-                    batch.append(([str(CLOUD_INTERFACE)], dict(base_env, SSH_ORIGINAL_COMMAND=cmd.decode())))
-                w, c, m = run_batch(batch)
-                walls["cloud_interface"] += w
-                cpu["cloud_interface"] += [c] * n
-                machine["cloud_interface"] += [m] * n
+                for name, venv in variants.items():
+                    batch = []
+                    for _ in range(n):
+                        seq += 1
+                        cmd = command(f"bench-{run}-{seq}", "bench@x", "bench", "/v1/chat/completions",
+                                      headers={"content-type": "application/json"}, body=body)  # fmt: skip
+                        batch.append(([str(CLOUD_INTERFACE)], dict(venv, SSH_ORIGINAL_COMMAND=cmd.decode())))
+                    w, c, m = run_batch(batch)
+                    walls[name] += w
+                    cpu[name] += [c] * n
+                    machine[name] += [m] * n
             figures = {}
             for name in walls:
                 med, high = statistics.median(walls[name]) * 1000, p95(walls[name]) * 1000
@@ -162,6 +200,12 @@ def main() -> None:
             overhead = figures["cloud_interface"][0] - figures["curl"][0]
             extra_cpu = figures["cloud_interface"][3] - figures["curl"][3]
             print(f"{run:>3} {'overhead':<18} {overhead:9.1f} {'':>7} {'':>10} {extra_cpu:18.1f}")
+            if "forwarder" in figures:
+                f_over = figures["forwarder"][0] - figures["curl"][0]
+                f_p95 = figures["forwarder"][1] - figures["curl"][1]
+                f_cpu = figures["forwarder"][3] - figures["curl"][3]
+                print(f"{run:>3} {'fwd overhead':<18} {f_over:9.1f} {f_p95:7.1f} {'':>10} {f_cpu:18.1f}")
+                fwd_summary.append((f_over, f_p95, figures["forwarder"][2], f_cpu, extra_cpu))
             summary.append(
                 (
                     overhead,
@@ -178,11 +222,28 @@ def main() -> None:
             f"(machine-wide {statistics.median(s[2] for s in summary):.1f} ms/request incl. the backend); "
             f"goal: overhead < 15 ms, CPU < 40 ms"
         )
+        if fwd_summary:
+            print(
+                f"median over runs: forwarder overhead {statistics.median(s[0] for s in fwd_summary):.1f} ms "
+                f"(p95 {statistics.median(s[1] for s in fwd_summary):.1f} ms), bash + perl CPU "
+                f"{statistics.median(s[2] for s in fwd_summary):.1f} ms/request, machine-wide CPU over curl "
+                f"{statistics.median(s[3] for s in fwd_summary):.1f} ms/request "
+                f"(one-process: {statistics.median(s[4] for s in fwd_summary):.1f} ms/request)"
+            )
         import sqlite3
 
         with sqlite3.connect(home / "saia.db") as conn:
+            # A forwarder's child closes its row just after the client saw the end of
+            # the answer (the one process does too, but exits only after): wait for it.
+            for _ in range(100):
+                if not conn.execute("SELECT count(*) FROM requests WHERE ended_at IS NULL").fetchone()[0]:
+                    break
+                time.sleep(0.05)
             n, ok = conn.execute("SELECT count(*), sum(outcome = 'ok') FROM requests").fetchone()
-        print(f"rows recorded: {n}, ok: {ok}")
+            bad = conn.execute(
+                "SELECT inference_id, outcome, status, error FROM requests WHERE outcome IS NOT 'ok' LIMIT 5"
+            ).fetchall()
+        print(f"rows recorded: {n}, ok: {ok}" + (f"; not ok: {bad}" if bad else ""))
         if args.json:
             kind = "streaming" if args.stream else "non-streaming"
             over = statistics.median(x[0] for x in summary)
@@ -227,8 +288,13 @@ def main() -> None:
                 )
             )
     finally:
+        if fwd_proc is not None:
+            fwd_proc.terminate()
+            fwd_proc.wait(10)
         backend.stop()
         shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(plain_tmp, ignore_errors=True)
+        shutil.rmtree(fwd_tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -194,6 +194,13 @@ def keep_alive(settings: Settings, stdout: int, log: Log) -> int:
     except ClientGone:
         pass
     release_stdout(stdout)
+    if settings.raw("SAIA_FORWARDER").lower() == "on":
+        try:
+            from . import forwarder
+
+            forwarder.ensure(settings, log)
+        except Exception as e:  # the forwarder is never required
+            log(f"keep-alive: forwarder: {type(e).__name__}: {e}")
     try:
         conn = store.connect(settings.db_path, settings.journal_mode, settings.busy_timeout)
         try:

@@ -78,6 +78,13 @@ SETTINGS: tuple[Setting, ...] = (
         "its answer (a long non-streaming answer sends nothing until it is done).",
     ),
     Setting("SAIA_PYTHON", "", "Interpreter that runs background ticks; default: the running one."),
+    Setting(
+        "SAIA_FORWARDER",
+        "off",
+        "on: keep-alive keeps a long-lived forwarder running on the login node (python -m "
+        "saia_ctl.forwarder, local Unix socket) and cloud_interface.sh hands requests to it, "
+        "saving the interpreter start; without it, the one-process path. off: never.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import gc
 import os
 import time
 from typing import Annotated
@@ -63,16 +64,22 @@ def report(
     now = time.time()
     settings = common.settings()
     month = month or month_of(now, tz)
-    rep = monthly_report(
-        common.engine(),
-        month,
-        tz=tz,
-        now=now,
-        user=user,
-        service=service,
-        by=by.value if by else None,
-        anonymize_home=settings.home if anonymize else None,
-    )
+    # A month's report builds millions of small tuples that never form cycles: the cyclic
+    # garbage collector only rescans them (~12% of a 1M-request month). One-shot command.
+    gc.disable()
+    try:
+        rep = monthly_report(
+            common.engine(),
+            month,
+            tz=tz,
+            now=now,
+            user=user,
+            service=service,
+            by=by.value if by else None,
+            anonymize_home=settings.home if anonymize else None,
+        )
+    finally:
+        gc.enable()
     for note in rep.notes:
         typer.echo(note, err=True)
     typer.echo(render(rep.data, fmt.value), nl=False)
