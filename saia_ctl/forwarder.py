@@ -108,35 +108,9 @@ def ensure(settings: Settings, log: Log) -> None:
     path = socket_path(settings.home)
     if answers(path):
         return
-    python = settings.python
-    env = dict(os.environ)
-    env["SAIA_HOME"] = settings.home
-    checkout = os.path.dirname(PACKAGE)
-    env["PYTHONPATH"] = checkout + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    import signal
+    from .route import spawn_detached
 
-    try:
-        os.makedirs(settings.log_dir, exist_ok=True)
-        os.posix_spawn(
-            python,
-            [python, "-m", "saia_ctl.forwarder"],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (
-                    os.POSIX_SPAWN_OPEN,
-                    1,
-                    os.path.join(settings.log_dir, "forwarder.log"),
-                    os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                    0o640,
-                ),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
-            setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM),
-        )
-    except OSError as e:
-        log(f"cannot start the forwarder with {python}: {e}")
+    spawn_detached(settings, ["saia_ctl.forwarder"], "forwarder.log", log, "the forwarder")
 
 
 # --- the forwarder ---------------------------------------------------------

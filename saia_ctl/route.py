@@ -146,16 +146,13 @@ def _stderr(message: str) -> None:
 # --- background ticks ------------------------------------------------------
 
 
-def spawn_tick(settings: Settings, if_due: bool, log: Log) -> None:
-    """Start ``python -m saia_ctl.scheduler [--if-due]`` fully detached.
+def spawn_detached(settings: Settings, args: list[str], log_name: str, log: Log, what: str) -> None:
+    """Start ``python -m ARGS...`` fully detached (the scheduler, the forwarder).
 
-    New session; stdin /dev/null, stdout/stderr ``logs/tick.log``: nothing of
+    New session; stdin /dev/null, stdout/stderr ``logs/LOG_NAME``: nothing of
     the SSH channel is held, so the session ends when this process exits.
     """
     python = settings.python
-    argv = [python, "-m", "saia_ctl.scheduler"]
-    if if_due:
-        argv.append("--if-due")
     env = dict(os.environ)
     env["SAIA_HOME"] = settings.home
     env["PYTHONPATH"] = CHECKOUT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -164,14 +161,14 @@ def spawn_tick(settings: Settings, if_due: bool, log: Log) -> None:
         os.makedirs(log_dir, exist_ok=True)
         os.posix_spawn(
             python,
-            argv,
+            [python, "-m", *args],
             env,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (
                     os.POSIX_SPAWN_OPEN,
                     1,
-                    os.path.join(log_dir, "tick.log"),
+                    os.path.join(log_dir, log_name),
                     os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                     0o640,
                 ),
@@ -181,7 +178,13 @@ def spawn_tick(settings: Settings, if_due: bool, log: Log) -> None:
             setsigdef=(_signal.SIGPIPE, _signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM),
         )
     except OSError as e:
-        log(f"cannot start a tick with {python}: {e}")
+        log(f"cannot start {what} with {python}: {e}")
+
+
+def spawn_tick(settings: Settings, if_due: bool, log: Log) -> None:
+    """Start ``python -m saia_ctl.scheduler [--if-due]`` detached, logging to ``logs/tick.log``."""
+    args = ["saia_ctl.scheduler", "--if-due"] if if_due else ["saia_ctl.scheduler"]
+    spawn_detached(settings, args, "tick.log", log, "a tick")
 
 
 # --- control commands ------------------------------------------------------
