@@ -4,9 +4,19 @@ Generates synthetic traffic (default: 12 months x 1,000,000 requests, 10,000
 users, 20 services) through the request path's own recording statements
 (``INSERT_REQUEST_SQL`` / ``FINISH_REQUEST_SQL`` from ``saia_ctl.hotpath.store``,
 executemany in large transactions; WAL and synchronous=OFF while generating,
-this bench only), then times ``report --month`` for one month and a
-``SELECT count(*)`` over the same month, and prints the database size per
-million requests.
+this bench only), then folds the closed days into the report ledger as the
+scheduler tick does (one day per fold, each its own transaction; timed), and
+times:
+
+- ``report --month`` of a middle month (all its days folded), against a
+  ``SELECT count(*)`` over the same month's rows in the same run (the ratio);
+- the report of the last month with its last day not folded yet: the most a
+  report scans from the rows while the tick keeps the ledger (a day is folded
+  15 minutes after it ends);
+- with ``--cold``, once, the middle month's report from the rows alone (the
+  ledger ignored), which is what the ledger saves.
+
+Prints the database size per million requests, with and without the ledger.
 
     .venv/bin/python bench/report.py --months 1 --per-month 100000   # quick
     .venv/bin/python bench/report.py                                  # the full figure
@@ -15,6 +25,7 @@ million requests.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -28,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from saia_ctl.accounting import ledger  # noqa: E402
 from saia_ctl.accounting.render import render  # noqa: E402
 from saia_ctl.accounting.report import monthly_report  # noqa: E402
 from saia_ctl.config import apply_config, load_config  # noqa: E402
@@ -91,6 +103,7 @@ def generate(
     svc_ids = [f"svc-{i:02d}" for i in range(services)]
     user_ids = [f"user{i:05d}@example.org" for i in range(users)]
     weights = [1 / (i + 1) for i in range(users)]  # a few heavy users, a long tail
+    cum_weights = list(itertools.accumulate(weights))
     job_no = 0
     for y, m in months:
         a = month_start(y, m)
@@ -133,7 +146,7 @@ def generate(
                 inserts.append(
                     {
                         "inference_id": f"bench-{y}{m:02d}-{done + i}",
-                        "user_id": rng.choices(user_ids, weights)[0]
+                        "user_id": rng.choices(user_ids, cum_weights=cum_weights)[0]
                         if i % 4 == 0
                         else user_ids[rng.randrange(users)],
                         "service_id": s,
@@ -191,6 +204,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse the database in --home, do not generate")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cold", action="store_true", help="also time the report from the rows alone, once")
     args = ap.parse_args()
 
     tmp = None
@@ -213,12 +227,26 @@ def main() -> None:
         print(f"generated {total:,} requests in {gen:.0f} s ({total / gen:,.0f} rows/s)")
 
     engine = engine_for(Settings(home=str(home), environ={}))
+    upgrade(engine)
     y, m = months[len(months) // 2]
     month = f"{y}-{m:02d}"
     a, b = month_start(y, m), month_start(*months_from((y, m), 2)[1])
+    last_y, last_m = months[-1]
+    last = f"{last_y}-{last_m:02d}"
     now = month_start(*months_from(months[-1], 2)[1])
-    conn = sqlite3.connect(db)
-    count_times, report_times = [], []
+    conn = sqlite3.connect(db, isolation_level=None)
+    fold_now = now  # the last day ends at `now`: not folded before now + MARGIN
+    t0 = time.perf_counter()
+    folded = ledger.fold(conn, "UTC", fold_now)
+    fold_s = time.perf_counter() - t0
+    if folded.days:
+        print(
+            f"ledger: folded {len(folded.days)} days in {fold_s:.0f} s"
+            f" ({fold_s / len(folded.days) * 1000:.0f} ms per day of ~{args.per_month / 30.4:,.0f} requests;"
+            f" longest write transaction {folded.longest_write * 1000:.0f} ms)"
+        )
+
+    count_times, report_times, current_times = [], [], []
     rows = 0
     for _ in range(args.repeat):
         t0 = time.perf_counter()
@@ -230,17 +258,40 @@ def main() -> None:
         rep = monthly_report(engine, month, now=now)
         render(rep.data, "table")
         report_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        render(monthly_report(engine, last, now=now).data, "table")
+        current_times.append(time.perf_counter() - t0)
     total_rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
-    size = os.path.getsize(db)
-    c, r = min(count_times), min(report_times)
+    c, r, cur = min(count_times), min(report_times), min(current_times)
     print(
         f"month {month}: {rows:,} requests, {len(rep.data['users']):,} users, {len(rep.data['services'])} services"
     )
     print(f"SELECT count(*) over the month: {c * 1000:.0f} ms (best of {args.repeat})")
     print(f"report --month {month}:        {r * 1000:.0f} ms (best of {args.repeat}; ratio {r / c:.1f}x)")
-    print(
-        f"database: {size / 2**20:,.0f} MiB for {total_rows:,} requests = {size / 2**20 / (total_rows / 1e6):,.0f} MiB per million"
+    print(f"report --month {last} (last day not folded): {cur * 1000:.0f} ms (best of {args.repeat})")
+    if args.cold:
+        real_cursor = ledger.cursor
+        ledger.cursor = lambda conn, tz: None  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        cold = monthly_report(engine, month, now=now)
+        render(cold.data, "table")
+        cold_s = time.perf_counter() - t0
+        ledger.cursor = real_cursor  # type: ignore[assignment]
+        same = cold.data == rep.data
+        print(
+            f"report --month {month} from the rows alone (no ledger): {cold_s * 1000:.0f} ms; same report: {same}"
+        )
+    size = os.path.getsize(db)
+    ledger_bytes = sum(
+        conn.execute(f"SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE '{t}%'").fetchone()[0]
+        for t in ("ledger_", "sqlite_autoindex_ledger_")
     )
+    per_m = total_rows / 1e6
+    print(
+        f"database: {size / 2**20:,.0f} MiB for {total_rows:,} requests = {size / 2**20 / per_m:,.0f} MiB per million"
+        f" (of which the ledger {ledger_bytes / 2**20 / per_m:,.0f} MiB per million)"
+    )
+    conn.close()
     if tmp:
         tmp.cleanup()
 

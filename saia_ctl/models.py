@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -330,6 +331,101 @@ class PrunedTotal(Base):
     requests: Mapped[int] = mapped_column(Integer)
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
+
+
+# --- the accounting ledger (accounting/ledger.py) ---------------------------------------------
+#
+# A month's figures, kept up to date a closed day at a time so that a report reads
+# them instead of a million request rows. Keyed by the zone the days are cut in and
+# the month ("YYYY-MM") in that zone; the cursor says up to where the days are folded.
+# Durations are sorted runs of little-endian doubles (seconds). The narrow tables are
+# WITHOUT ROWID (no second copy of the key in an index); those with blobs are not.
+
+
+class LedgerCursor(Base):
+    """Everything before ``folded_to`` (a local midnight in ``tz``) is in the ledger."""
+
+    __tablename__ = "ledger_cursors"
+
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    folded_to: Mapped[datetime]
+    folded_at: Mapped[datetime]
+
+
+class _LedgerCounts:
+    requests: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    errors_4xx: Mapped[int] = mapped_column(Integer)
+    errors_5xx: Mapped[int] = mapped_column(Integer)
+    aborted: Mapped[int] = mapped_column(Integer)
+    in_flight: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+
+
+class LedgerCell(_LedgerCounts, Base):
+    """Folded counters of one user x service in a month (for reports filtered by user or service)."""
+
+    __tablename__ = "ledger_cells"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+
+
+class LedgerUser(_LedgerCounts, Base):
+    """Folded counters of one user in a month, with all their sorted durations."""
+
+    __tablename__ = "ledger_users"
+
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    durations: Mapped[bytes] = mapped_column(LargeBinary)  # of ok requests, sorted
+    ttfbs: Mapped[bytes] = mapped_column(LargeBinary)  # times to first byte, sorted
+
+
+class LedgerService(_LedgerCounts, Base):
+    """Folded counters of one service in a month, its sorted durations and its users' GPU time."""
+
+    __tablename__ = "ledger_services"
+
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    durations: Mapped[bytes] = mapped_column(LargeBinary)  # of ok requests, sorted
+    ttfbs: Mapped[bytes] = mapped_column(LargeBinary)  # times to first byte, sorted
+    # JSON object: user id -> GPU seconds attributed to that user on this service's jobs
+    user_gpu_seconds: Mapped[str] = mapped_column(Text, server_default="{}")
+
+
+class LedgerDay(Base):
+    """Requests of one service on one folded day (the report's chart)."""
+
+    __tablename__ = "ledger_days"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD in tz
+    requests: Mapped[int] = mapped_column(Integer)
+
+
+class LedgerJob(Base):
+    """A job's folded idle GPU time in a month (seconds; idle = no request in flight)."""
+
+    __tablename__ = "ledger_jobs"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idle_gpu_seconds: Mapped[float] = mapped_column(Float)
+    idle_ready_gpu_seconds: Mapped[float] = mapped_column(Float)
 
 
 # Requests in flight, or longer than an hour: the few a month's report must find among rows

@@ -79,6 +79,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("SAIA_PYTHON", "", "Interpreter that runs background ticks; default: the running one."),
     Setting(
+        "SAIA_ACCOUNTING_TZ",
+        "UTC",
+        "Zone (IANA name) the accounting months and days are cut in: the default of `report --tz` "
+        "and `db prune --tz`, and the zone the tick keeps the report ledger in.",
+    ),
+    Setting(
         "SAIA_FORWARDER",
         "off",
         "on: keep-alive keeps a long-lived forwarder running on the login node (python -m "
@@ -193,6 +199,21 @@ class Settings:
         if not sep or not (1024 <= lo <= hi <= 65535):
             raise SettingsError(f"SAIA_PORT_RANGE must be LOW-HIGH within 1024-65535, not {text!r}")
         return lo, hi
+
+    @property
+    def accounting_tz(self) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        name = self._values["SAIA_ACCOUNTING_TZ"]
+        try:
+            if name.startswith("/") or ".." in name:
+                raise ValueError(name)
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise SettingsError(
+                f"SAIA_ACCOUNTING_TZ must be a time zone such as UTC or Europe/Berlin, not {name!r}"
+            ) from None
+        return name
 
     @property
     def tick_interval(self) -> float:

@@ -23,7 +23,16 @@ import pytest
 from tabulate import tabulate
 
 from saia_ctl.accounting import figures as F
-from saia_ctl.accounting.gpu import JobGPU, JobSpan, attribute, clip, median, ready_interval, union_length
+from saia_ctl.accounting.gpu import (
+    JobGPU,
+    JobSpan,
+    attribute,
+    clip,
+    largest_remainder,
+    median,
+    ready_interval,
+    union_length,
+)
 from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.render import grid, render
 from saia_ctl.accounting.report import build, monthly_report
@@ -181,7 +190,13 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
         c.duration_p50, c.duration_p95 = rank(d, 50), rank(d, 95)
         c.ttfb_p50, c.ttfb_p95 = rank(f, 50), rank(f, 95)
 
-    jobs = [JobSpan(*r) for r in conn.execute(F._JOBS_SQL, (w.end, w.start))]
+    jobs = [
+        JobSpan(*r)
+        for r in conn.execute(
+            "SELECT id, service_id, gpus, submitted_at, started_at, ready_at, draining_at, ended_at"
+            " FROM jobs WHERE started_at IS NOT NULL ORDER BY id"
+        )
+    ]
     busy: defaultdict[int, list[tuple[float, float | None, str]]] = defaultdict(list)
     for job_id, u, start, end in conn.execute(
         "SELECT job_id, user_id, started_at, ended_at FROM requests WHERE job_id IS NOT NULL ORDER BY id"
@@ -201,8 +216,11 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
         g.idle_gpu_seconds += res.idle_gpu_seconds
         g.idle_ready_gpu_seconds += res.idle_ready_gpu_seconds
         for u, secs in res.users.items():
-            for key in ((u, job.service), (u, F.ALL), (F.ALL, job.service), (F.ALL, F.ALL)):
-                figs.usage.setdefault(key, F.Usage()).gpu_seconds += secs
+            pair = (u, job.service)
+            shares = figs.gpu_shares.setdefault(job.service, {})
+            shares[u] = shares.get(u, 0.0) + secs
+            for key in (pair, (u, F.ALL), (F.ALL, job.service), (F.ALL, F.ALL)):
+                figs.usage.setdefault(key, F.Usage())
         r = ready_interval(job, now)
         if r is not None:
             ready[job.service].append(clip(w.start, min(w.end, now), *r))
@@ -241,3 +259,27 @@ def test_report_equals_the_row_by_row_reference(
         assert json.dumps(fast, sort_keys=True) == json.dumps(ref, sort_keys=True), kw
         for fmt in ("table", "markdown", "csv", "json"):
             assert render(fast, fmt) == render(ref, fmt)
+
+
+def largest_remainder_reference(values: dict[str, float], total: int) -> dict[str, int]:
+    """Hamilton's method as written down: every key ordered by (remainder, value, key)."""
+    s = math.fsum(values.values())
+    quotas = {k: v * total / s for k, v in values.items()}
+    out = {k: math.floor(q) for k, q in quotas.items()}
+    order = sorted(quotas, key=lambda k: (-(quotas[k] - out[k]), -values[k], k))
+    for i in range(total - sum(out.values())):
+        out[order[i % len(order)]] += 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_largest_remainder_matches_the_plain_method(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 300)
+    # few distinct values, so that remainders tie across the cut
+    pool = [rng.uniform(0.1, 50) for _ in range(rng.randint(1, 6))] + [1.0, 2.0, 0.5]
+    values = {f"u{rng.randint(0, 10**6):07d}": rng.choice(pool) for _ in range(n)}
+    total = rng.randint(0, 5000)
+    got = largest_remainder(values, total)
+    assert got == largest_remainder_reference(values, total)
+    assert sum(got.values()) == total

@@ -145,23 +145,34 @@ def largest_remainder(values: dict[str, float], total: int) -> dict[str, int]:
 
     Ties go to the larger value, then to the smaller key, so the result is deterministic.
     """
-    s = sum(values.values())
     if not values:
         return {}
+    keys = list(values)
+    vals = list(values.values())
+    s = math.fsum(vals)  # exactly rounded: the same whatever the order of ``values``
     if s <= 0:
-        keys = sorted(values)
-        return {k: (total if k == keys[0] else 0) for k in keys}
-    quotas = {k: v * total / s for k, v in values.items()}
-    out = {k: math.floor(q) for k, q in quotas.items()}
-    left = total - sum(out.values())
-    order = sorted(quotas, key=lambda k: (-(quotas[k] - out[k]), -values[k], k))
-    i = 0
-    while left > 0 and order:
-        out[order[i % len(order)]] += 1
-        left -= 1
-        i += 1
-    while left < 0 and order:  # only after float noise; take from the largest
-        k = max(order, key=lambda k: (out[k], k))
+        first = min(keys)
+        return {k: (total if k == first else 0) for k in sorted(keys)}
+    quotas = [v * total / s for v in vals]
+    floors = [math.floor(q) for q in quotas]
+    rems = [q - f for q, f in zip(quotas, floors, strict=True)]
+    left = total - sum(floors)
+    n = len(keys)
+    if left > 0:
+        # The `left` largest remainders get one more. Sorting by remainder alone is fast (C);
+        # only a tie that straddles the cut needs the full order (value, then key).
+        order = sorted(range(n), key=rems.__getitem__, reverse=True)
+        cut = min(left, n)
+        if cut < n and rems[order[cut - 1]] == rems[order[cut]]:
+            tie = rems[order[cut]]
+            lo = next(i for i in range(n) if rems[order[i]] == tie)
+            hi = next((i for i in range(lo, n) if rems[order[i]] != tie), n)
+            order[lo:hi] = sorted(order[lo:hi], key=lambda i: (-vals[i], keys[i]))
+        for i in range(left):
+            floors[order[i % n]] += 1
+    out = dict(zip(keys, floors, strict=True))
+    while left < 0:  # only after float noise; take from the largest
+        k = max(out, key=lambda k: (out[k], k))
         out[k] -= 1
         left += 1
     return out
@@ -172,7 +183,7 @@ def percentile(sorted_values: Sequence[float], p: float) -> float | None:
     n = len(sorted_values)
     if not n:
         return None
-    rank = max(1, math.ceil(p / 100.0 * n))
+    rank = max(1, math.ceil(p * n / 100))  # p * n first: exact for whole p
     return sorted_values[min(rank, n) - 1]
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from ..db import read_session, write_session
 from . import figures as F
 from .months import month_of, month_window, next_month
+from .report import month_figures
 
 
 class PruneError(Exception):
@@ -48,7 +49,7 @@ def prune(engine: Engine, before: str, tz: str, now: float) -> PruneResult:
         w = month_window(month, tz)
         with write_session(engine) as s:
             if not F.has_rollup(s, w):
-                F.store(s, F.compute(s, w, now), made_at=now)
+                F.store(s, month_figures(s, w, now, None, None, all_pairs=True), made_at=now)
                 result.months.append(month)
             result.deleted += _delete(s, w.end, cut.start)
         month = next_month(month)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from . import figures as F
 from .figures import ALL, Figures, Usage
 from .gpu import largest_remainder
+from .ledger import assemble
 from .months import Window, iso_utc
 
 IDLE = ""  # key of the idle share in a service's split (no user id is empty)
@@ -38,9 +39,16 @@ class Report:
 
 
 def month_figures(
-    session: Session, window: Window, now: float, user: str | None, service: str | None
+    session: Session,
+    window: Window,
+    now: float,
+    user: str | None,
+    service: str | None,
+    *,
+    all_pairs: bool = False,
 ) -> Figures:
-    """The month's figures: from the rollups if the month was rolled up, else from the rows."""
+    """The month's figures: from the rollups if the month was rolled up, else from the ledger's
+    folded days and the rows of the rest (``ledger.assemble``)."""
     if F.has_rollup(session, window):
         return F.load(session, window)
     mark = F.pruned_before(session)
@@ -51,11 +59,7 @@ def month_figures(
             f"request rows before {iso_utc(mark[0])} were pruned and {window.month} has no rollup "
             f"in zone {window.tz}; pruned months are kept in zone {mark[1]} (use --tz {mark[1]})"
         )
-
-    def want(u: str, s: str) -> bool:
-        return (user is not None and u == user) or (service is not None and s == service)
-
-    return F.compute(session, window, now, want if (user or service) else F.no_cells)
+    return assemble(F.dbapi(session), window, now, user=user, service=service, all_pairs=all_pairs)
 
 
 def _hours(milli: int) -> float:
@@ -88,13 +92,9 @@ def split_gpu(figs: Figures) -> tuple[dict[str, int], dict[str, dict[str, int]]]
     """Per service: its GPU total in milli-GPU-hours, and that total split among users + IDLE."""
     totals: dict[str, int] = {}
     shares: dict[str, dict[str, int]] = {}
-    by_service: dict[str, dict[str, float]] = {}
-    for (u, s), cell in figs.usage.items():
-        if u != ALL and s != ALL and cell.gpu_seconds:
-            by_service.setdefault(s, {})[u] = cell.gpu_seconds
     for s, g in figs.gpu.items():
         totals[s] = round(g.gpu_seconds / 3.6)
-        values = dict(by_service.get(s, {}))
+        values = {u: secs for u, secs in figs.gpu_shares.get(s, {}).items() if secs}
         values[IDLE] = g.idle_gpu_seconds
         shares[s] = largest_remainder(values, totals[s])
     return totals, shares

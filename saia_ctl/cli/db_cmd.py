@@ -52,8 +52,10 @@ def prune(
     before: str = typer.Option(
         ..., "--before", help="Delete request rows of the months before this one (YYYY-MM)."
     ),
-    tz: str = typer.Option(
-        "UTC", "--tz", help="Time zone the months are cut in (as in `saia-ctl report --tz`)."
+    tz: str | None = typer.Option(
+        None,
+        "--tz",
+        help="Time zone the months are cut in (as in `saia-ctl report --tz`; default: SAIA_ACCOUNTING_TZ).",
     ),
 ) -> None:
     """Keep each month's report figures in rollup tables, then delete its request rows."""
@@ -61,6 +63,36 @@ def prune(
 
     from ..accounting.prune import prune as do_prune
 
-    result = do_prune(common.engine(), before, tz, time.time())
+    result = do_prune(common.engine(), before, tz or common.settings().accounting_tz, time.time())
     rolled = ", ".join(result.months) if result.months else "none"
     common.echo(f"rolled up: {rolled}; deleted {result.deleted} request rows")
+
+
+@app.command("ledger")
+@common.command
+def ledger() -> None:
+    """Fold every closed day into the report ledger now (the tick folds one day per tick).
+
+    A day is folded once it ended 15 minutes ago and none of its requests is still open;
+    a month's report reads the folded days and scans only the rows of the rest.
+    """
+    import time
+
+    from ..accounting.figures import dbapi
+    from ..accounting.ledger import cursor, fold_engine
+    from ..accounting.months import iso_utc
+    from ..db import read_session
+
+    tz = common.settings().accounting_tz
+    engine = common.engine()
+    result = fold_engine(engine, tz, time.time())
+    with read_session(engine) as s:
+        at = cursor(dbapi(s), tz)
+    upto = f"folded up to {iso_utc(at)} ({tz})" if at is not None else "nothing to fold yet"
+    if result.days:
+        common.echo(
+            f"folded {len(result.days)} day(s), {result.days[0]} to {result.days[-1]}, in {result.seconds:.1f} s"
+            f" (longest write {result.longest_write * 1000:.0f} ms); {upto}"
+        )
+    else:
+        common.echo(f"no closed day left to fold; {upto}")

@@ -31,7 +31,10 @@ def report(
     month: Annotated[
         str | None, typer.Option("--month", "-m", help="Month YYYY-MM (default: the current month in --tz).")
     ] = None,
-    tz: Annotated[str, typer.Option("--tz", help="Time zone the month is cut in (IANA name).")] = "UTC",
+    tz: Annotated[
+        str | None,
+        typer.Option("--tz", help="Time zone the month is cut in (IANA name; default: SAIA_ACCOUNTING_TZ)."),
+    ] = None,
     by: Annotated[By | None, typer.Option("--by", help="Only the per-user or the per-service part.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's requests.")] = None,
     service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
@@ -63,6 +66,7 @@ def report(
 
     now = time.time()
     settings = common.settings()
+    tz = tz or settings.accounting_tz
     month = month or month_of(now, tz)
     # A month's report builds millions of small tuples that never form cycles: the cyclic
     # garbage collector only rescans them (~12% of a 1M-request month). One-shot command.

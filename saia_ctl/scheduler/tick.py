@@ -83,6 +83,21 @@ def _describe(plan: Plan, dead: int, outcome_actions: list[dict[str, Any]]) -> l
     return lines
 
 
+def _fold_ledger(engine: Engine, settings: Settings, now: float) -> list[str]:
+    """Fold at most one closed day into the accounting ledger (its own short transactions).
+
+    Accounting never stops scheduling: a failure is a line in the tick log, and the
+    next tick tries again.
+    """
+    from ..accounting.ledger import fold_engine
+
+    try:
+        result = fold_engine(engine, settings.accounting_tz, now, max_days=1)
+    except Exception as e:
+        return [f"accounting ledger not folded: {e.__class__.__name__}: {e}"]
+    return [f"accounting: folded {day} into the ledger" for day in result.days]
+
+
 def run_tick(
     engine: Engine,
     settings: Settings,
@@ -149,6 +164,7 @@ def run_tick(
                 lines += [
                     f"{a['service']}: job {a['job']} ready ({a['probe']})" for a in actions if a.get("watch")
                 ]
+        lines += _fold_ledger(engine, settings, clock())
     except Exception as e:
         error = f"{e.__class__.__name__}: {e}"
     finally:

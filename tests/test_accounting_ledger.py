@@ -1,0 +1,264 @@
+"""The report ledger: folded days give the same report as the rows, a day is folded once."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from saia_ctl.accounting import ledger as L
+from saia_ctl.accounting.months import month_window
+from saia_ctl.accounting.render import render
+from saia_ctl.accounting.report import build, monthly_report
+from tests.test_accounting_fast import reference_figures
+from tests.test_accounting_report import MAY, NOW, Rows, cli, random_month
+from tests.test_accounting_report import rows as rows  # the fixture
+
+DAY = 86400.0
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"by": "service"},
+    {"user": "user3"},
+    {"service": "svc-b"},
+    {"user": "user4", "service": "svc-a"},
+]
+
+
+def fold(db: Path, tz: str, now: float, **limits: Any) -> L.FoldResult:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        return L.fold(conn, tz, now, **limits)
+    finally:
+        conn.close()
+
+
+def cursor(db: Path, tz: str) -> float | None:
+    conn = sqlite3.connect(db)
+    try:
+        return L.cursor(conn, tz)
+    finally:
+        conn.close()
+
+
+def closed_month(rows: Rows, seed: int) -> None:
+    """random_month, its request in flight closed, and requests right at day and month edges."""
+    jobs = random_month(rows, seed, n_requests=300)
+    rows.conn.execute(
+        "UPDATE requests SET ended_at = started_at + 5, outcome = 'ok', status = 200 WHERE ended_at IS NULL"
+    )
+    rng = random.Random(seed)
+    for _ in range(60):
+        edge = MAY + DAY * rng.randint(0, 31) + rng.choice([0.0, -3600.0 * 2, 3600.0 * 5.5, -1800.0])
+        start = edge + rng.choice([-1.0, -0.001, 0.0, 0.5, rng.uniform(-7200, 7200)])
+        jid, svc, js, je = rng.choice(jobs)
+        job = jid if js <= start < je else None
+        rows.request(f"user{rng.randint(0, 14)}", svc, job, start, start + rng.uniform(0, 9000))
+
+
+def assert_same_as_reference(home: Path, engine: Any, tz: str) -> None:
+    for month in ("2026-04", "2026-05", "2026-06"):
+        ref_figs = reference_figures(home / "saia.db", month, tz, NOW)
+        for kw in FILTERS:
+            got = monthly_report(engine, month, tz=tz, now=NOW, **kw).data
+            want = build(ref_figs, **kw).data
+            assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), (month, kw)
+            assert render(got, "table") == render(want, "table")
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "Asia/Kolkata"])
+def test_folded_days_give_the_reference_report(
+    rows: Rows, engine: Any, home: Path, seed: int, tz: str, monkeypatch: Any
+) -> None:
+    if seed == 22:  # percentiles picked from the sorted runs, not from the runs sorted together
+        monkeypatch.setattr(L, "MERGE_UP_TO", 0)
+    closed_month(rows, seed)
+    db = home / "saia.db"
+    # part of May folded (the rest scanned), then all of it, then everything up to NOW
+    for fold_now in (MAY + 10.6 * DAY, MAY + 31 * DAY + 2 * 3600, NOW):
+        result = fold(db, tz, fold_now)
+        assert result.days, fold_now
+        at = cursor(db, tz)
+        assert at is not None and fold_now - DAY - L.MARGIN <= at <= fold_now - L.MARGIN
+        assert_same_as_reference(home, engine, tz)
+
+
+def test_a_day_is_folded_once_and_only_when_closed(rows: Rows, engine: Any, home: Path) -> None:
+    db = home / "saia.db"
+    job = rows.job("svc-a", MAY - DAY, None, ready=MAY - DAY + 60, gpus=2)
+    rows.request("user1", "svc-a", job, MAY + 100, MAY + 200)
+    open_id = rows.request("user2", "svc-a", job, MAY + 3 * DAY + 10, None)
+    rows.request("user3", "svc-a", job, MAY + 5 * DAY, MAY + 5 * DAY + 30)
+    now = MAY + 8 * DAY
+    # the ledger begins with the month of the first row (the job started on April 30)
+    assert fold(db, "UTC", now, max_days=1).days == ["2026-04-01"]
+    assert fold(db, "UTC", now, max_days=29).days[-1] == "2026-04-30"
+    assert fold(db, "UTC", now, max_days=1).days == ["2026-05-01"]
+    # the request still open on May 4 holds the ledger before its day
+    assert fold(db, "UTC", now).days == ["2026-05-02", "2026-05-03"]
+    assert cursor(db, "UTC") == MAY + 3 * DAY
+    assert fold(db, "UTC", now).days == []
+    rows.conn.execute(
+        "UPDATE requests SET ended_at = ?, outcome = 'ok', status = 200 WHERE id = ?", (now - 1, open_id)
+    )
+    # a day is folded only MARGIN after its end
+    assert fold(db, "UTC", MAY + 7 * DAY + L.MARGIN - 1).days[-1] == "2026-05-06"
+    assert fold(db, "UTC", MAY + 7 * DAY + L.MARGIN).days == ["2026-05-07"]
+    assert cursor(db, "UTC") == MAY + 7 * DAY
+    assert_same_as_reference(home, engine, "UTC")
+    # the chart's days, and the service's sorted durations (the open one closed at now - 1)
+    days = rows.conn.execute("SELECT day, requests FROM ledger_days ORDER BY day").fetchall()
+    assert days == [("2026-05-01", 1), ("2026-05-04", 1), ("2026-05-06", 1)]
+    blob = rows.conn.execute("SELECT durations FROM ledger_services WHERE month = '2026-05'").fetchone()[0]
+    assert list(L.unpack(blob)) == [30.0, 100.0, now - 1 - (MAY + 3 * DAY + 10)]
+
+
+def test_a_failed_fold_writes_nothing_and_a_raced_fold_counts_once(
+    rows: Rows, engine: Any, home: Path, monkeypatch: Any
+) -> None:
+    closed_month(rows, 23)
+    db = home / "saia.db"
+    real_write = L._write
+
+    def broken(conn: sqlite3.Connection, statements: L.Statements) -> None:
+        real_write(conn, statements)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(L, "_write", broken)
+    with pytest.raises(OSError):
+        fold(db, "UTC", NOW)
+    assert cursor(db, "UTC") is None
+    for table in ("ledger_cells", "ledger_users", "ledger_services", "ledger_days", "ledger_jobs"):
+        assert rows.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
+    monkeypatch.setattr(L, "_write", real_write)
+
+    # Another fold runs between the first one's scan and its write: the first must see
+    # the cursor moved and not add the day again.
+    real_scan = L._scan_next
+    other: list[L.FoldResult] = []
+    raced: list[bool] = []
+
+    def scan_and_race(*args: Any) -> Any:
+        found = real_scan(*args)
+        if not raced:
+            raced.append(True)
+            t = threading.Thread(target=lambda: other.append(fold(db, "UTC", NOW, max_days=3)))
+            t.start()
+            t.join()
+        return found
+
+    monkeypatch.setattr(L, "_scan_next", scan_and_race)
+    first = fold(db, "UTC", MAY + 20 * DAY)
+    monkeypatch.setattr(L, "_scan_next", real_scan)
+    assert other and other[0].days == ["2026-04-01", "2026-04-02", "2026-04-03"]
+    assert first.days[0] == "2026-04-04"  # the raced day was left to the other fold
+    fold(db, "UTC", NOW)
+    assert_same_as_reference(home, engine, "UTC")
+
+
+def test_pruned_months_report_the_same_from_the_ledger(
+    rows: Rows, engine: Any, home: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("time.time", lambda: NOW)
+    closed_month(rows, 24)
+    r = cli("db", "ledger")
+    assert r.exit_code == 0, r.stderr
+    assert "folded " in r.stdout and "2026-07-14" in r.stdout
+    assert "no closed day left" in cli("db", "ledger").stdout
+    args = [
+        ("report", "--month", m, "--format", "json", *v)
+        for m in ("2026-04", "2026-05")
+        for v in ([], ["--user", "user3"])
+    ]
+    before = {a: cli(*a).stdout for a in args}
+    assert cli("db", "prune", "--before", "2026-06").exit_code == 0
+    assert {a: cli(*a).stdout for a in args} == before
+
+
+def test_the_tick_folds_one_day_per_tick(rows: Rows, engine: Any, settings: Any) -> None:
+    from saia_ctl.scheduler.tick import run_tick
+    from saia_ctl.slurm_fake import FakeSlurm
+
+    rows.request("user1", "svc-a", None, MAY + 100, MAY + 200, status=503, outcome="error")
+    now = [MAY + 3 * DAY + L.MARGIN]
+    summaries = []
+    for _ in range(4):
+        now[0] += 60
+        res = run_tick(
+            engine,
+            settings,
+            FakeSlurm(lambda: now[0]),
+            clock=lambda: now[0],
+            watch=False,
+            prober=lambda *a: {},
+        )
+        summaries.append(res.summary)
+    folded = [line for s in summaries for line in s.splitlines() if "ledger" in line]
+    assert folded == [f"accounting: folded 2026-05-0{d} into the ledger" for d in (1, 2, 3)]
+
+
+def test_a_bad_accounting_zone_is_one_line(home: Path, engine: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("SAIA_ACCOUNTING_TZ", "Mars/Olympus")
+    r = cli("db", "ledger")
+    assert r.exit_code != 0
+    assert "SAIA_ACCOUNTING_TZ" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_zone_defaults_to_the_accounting_zone(rows: Rows, home: Path, monkeypatch: Any) -> None:
+    rows.request("user1", "svc-a", None, MAY - 1800, MAY - 1700)  # April 30 22:30 UTC = May 1 in Berlin
+    monkeypatch.setenv("SAIA_ACCOUNTING_TZ", "Europe/Berlin")
+    data = json.loads(cli("report", "--month", "2026-05", "--format", "json", "--no-files").stdout)
+    assert data["tz"] == "Europe/Berlin" and data["totals"]["requests"] == 1
+    monkeypatch.delenv("SAIA_ACCOUNTING_TZ")
+    data = json.loads(cli("report", "--month", "2026-05", "--format", "json", "--no-files").stdout)
+    assert data["tz"] == "UTC" and data["totals"]["requests"] == 0
+
+
+floats = st.floats(allow_nan=False, allow_infinity=True, width=64)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(floats, max_size=30), min_size=1, max_size=8), st.data())
+def test_nth_smallest_of_sorted_runs_is_the_merged_one(raw: list[list[float]], data: Any) -> None:
+    runs = [sorted(r) for r in raw]
+    merged = sorted(x for r in runs for x in r)
+    if not merged:
+        assert L.runs_percentile(runs, 50) is None
+        return
+    rank = data.draw(st.integers(1, len(merged)))
+    got = L.nth_smallest(runs, rank)
+    assert struct.pack("<d", got) in {struct.pack("<d", x) for x in merged if x == merged[rank - 1]}
+    for p in (50, 95):
+        assert L.runs_percentile(runs, p) == merged[max(1, -(-p * len(merged) // 100)) - 1]
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.lists(floats, min_size=1, max_size=40), st.lists(floats, max_size=16), st.data())
+def test_nth_of_two_runs_is_the_merged_one(a: list[float], b: list[float], data: Any) -> None:
+    a.sort()
+    b.sort()
+    merged = sorted(a + b)
+    rank = data.draw(st.integers(1, len(merged)))
+    assert L.nth_of_two(a, b, rank) == merged[rank - 1]
+
+
+def test_stored_runs_round_trip() -> None:
+    values = [0.0, 1e-9, 2.5, 3600.125]
+    assert list(L.unpack(L.pack(values))) == values
+    assert len(L.unpack(None)) == 0
+
+
+def test_window_days_cover_the_month_once() -> None:
+    w = month_window("2026-03", "Europe/Berlin")  # a 23-hour day (DST)
+    days = L._days_in(w, w.start, w.end)
+    assert len(days) == 31 and days[0][1] == w.start and days[-1][2] == w.end
+    assert all(a < b for _, a, b in days) and all(days[i][2] == days[i + 1][1] for i in range(30))
