@@ -20,7 +20,7 @@ from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.render import render
 from saia_ctl.accounting.report import build, monthly_report
 from tests.test_accounting_fast import reference_figures
-from tests.test_accounting_report import MAY, NOW, Rows, cli, random_month
+from tests.test_accounting_report import JUNE, MAY, NOW, Rows, cli, random_month
 from tests.test_accounting_report import rows as rows  # the fixture
 
 DAY = 86400.0
@@ -137,7 +137,7 @@ def test_a_failed_fold_writes_nothing_and_a_raced_fold_counts_once(
     with pytest.raises(OSError):
         fold(db, "UTC", NOW)
     assert cursor(db, "UTC") is None
-    for table in ("ledger_cells", "ledger_users", "ledger_services", "ledger_days", "ledger_jobs"):
+    for table in L.LEDGER_TABLES:
         assert rows.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
     monkeypatch.setattr(L, "_write", real_write)
 
@@ -170,6 +170,7 @@ def test_pruned_months_report_the_same_from_the_ledger(
 ) -> None:
     monkeypatch.setattr("time.time", lambda: NOW)
     closed_month(rows, 24)
+    rows.request("user5", "svc-a", None, JUNE + 3600, JUNE + 3700)
     r = cli("db", "ledger")
     assert r.exit_code == 0, r.stderr
     assert "folded " in r.stdout and "2026-07-14" in r.stdout
@@ -182,6 +183,9 @@ def test_pruned_months_report_the_same_from_the_ledger(
     before = {a: cli(*a).stdout for a in args}
     assert cli("db", "prune", "--before", "2026-06").exit_code == 0
     assert {a: cli(*a).stdout for a in args} == before
+    # the rolled-up months left the ledger, later ones are still in it
+    months = {m for t in L.LEDGER_TABLES for (m,) in rows.conn.execute(f"SELECT DISTINCT month FROM {t}")}
+    assert months == {"2026-06"}
 
 
 def test_the_tick_folds_one_day_per_tick(rows: Rows, engine: Any, settings: Any) -> None:

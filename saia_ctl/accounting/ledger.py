@@ -288,7 +288,7 @@ def next_day(conn: sqlite3.Connection, tz: str, now: float) -> DueDay | None:
     bounds = [*w.day_starts[1:], w.end]
     for (day, a), b in zip(w.days, bounds, strict=True):
         if a <= at < b:
-            if b > _watermark(conn, now):
+            if b > now - MARGIN or b > _watermark(conn, now):
                 return None
             return DueDay(w.month, day, a, b)
     return None  # not reached: the cursor is always a local midnight of its month
@@ -357,6 +357,15 @@ def _scan_next(conn: sqlite3.Connection, tz: str, now: float) -> tuple[DueDay, S
         return due, _prepare(conn, tz, due, span)
     finally:
         conn.execute("COMMIT")
+
+
+LEDGER_TABLES = ("ledger_cells", "ledger_users", "ledger_services", "ledger_days", "ledger_jobs")
+
+
+def drop_month(conn: sqlite3.Connection, tz: str, month: str) -> None:
+    """Forget a month's folded figures (once its rollup keeps them; the cursor stays)."""
+    for table in LEDGER_TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE tz = ? AND month = ?", (tz, month))
 
 
 def fold_engine(engine: Engine, tz: str, now: float, **limits: Any) -> FoldResult:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from ..db import read_session, write_session
 from . import figures as F
+from .ledger import drop_month
 from .months import month_of, month_window, next_month
 from .report import month_figures
 
@@ -51,6 +52,7 @@ def prune(engine: Engine, before: str, tz: str, now: float) -> PruneResult:
             if not F.has_rollup(s, w):
                 F.store(s, month_figures(s, w, now, None, None, all_pairs=True), made_at=now)
                 result.months.append(month)
+            drop_month(F.dbapi(s), tz, month)  # its reports come from the rollups now
             result.deleted += _delete(s, w.end, cut.start)
         month = next_month(month)
     return result
