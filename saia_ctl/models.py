@@ -364,18 +364,6 @@ class _LedgerCounts:
     output_tokens: Mapped[int] = mapped_column(Integer)
 
 
-class LedgerCell(_LedgerCounts, Base):
-    """Folded counters of one user x service in a month (for reports filtered by user or service)."""
-
-    __tablename__ = "ledger_cells"
-    __table_args__ = {"sqlite_with_rowid": False}
-
-    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
-    month: Mapped[str] = mapped_column(String(7), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
-    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
-
-
 class LedgerUser(_LedgerCounts, Base):
     """Folded counters of one user in a month, with all their sorted durations."""
 

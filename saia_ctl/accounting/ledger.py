@@ -3,9 +3,9 @@
 A month's report needs every request of the month, and reading a million rows
 into Python takes longer than the report may. So a day that is over (and has
 no request still open) is *folded* once into small per-month tables: counters
-per user x service, per user and per service; each user's sorted durations and
-times to first byte; per service and day one sorted run of them; per job its
-idle GPU time; per user x service the GPU time attributed to it. A report reads
+per user and per service, each with all its durations and times to first byte
+as one sorted run; per service the GPU time attributed to each user, and its
+requests per day; per job its idle GPU time. A report reads
 those tables for the folded days of its month and scans the rows only for the
 rest (the *tail*: today, or a month nobody folded yet) with the same code the
 fold uses, so the figures are the same whichever way they were made.
@@ -63,7 +63,7 @@ _COUNT_COLUMNS = """COUNT(*),
 
 _CELLS_SQL = f"""
 SELECT user_id, service_id, {_COUNT_COLUMNS}
-FROM requests WHERE started_at >= ? AND started_at < ? GROUP BY user_id, service_id
+FROM requests WHERE started_at >= ? AND started_at < ?{{extra}} GROUP BY user_id, service_id
 """
 
 # Ordered by duration: every list built from it comes out sorted (SQLite's sorter is C).
@@ -196,7 +196,7 @@ class Span:
 def scan(conn: sqlite3.Connection, window: Window, lo: float, hi: float, now: float) -> Span:
     """The rows' figures for requests that started in [lo, hi) and GPU time in [lo, hi)."""
     span = Span()
-    for row in conn.execute(_CELLS_SQL, (lo, hi)):
+    for row in conn.execute(_CELLS_SQL.format(extra=""), (lo, hi)):
         span.cells[(row[0], row[1])] = list(row[2:])
     by_user: defaultdict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     by_service: defaultdict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
@@ -359,7 +359,7 @@ def _scan_next(conn: sqlite3.Connection, tz: str, now: float) -> tuple[DueDay, S
         conn.execute("COMMIT")
 
 
-LEDGER_TABLES = ("ledger_cells", "ledger_users", "ledger_services", "ledger_days", "ledger_jobs")
+LEDGER_TABLES = ("ledger_users", "ledger_services", "ledger_days", "ledger_jobs")
 
 
 def drop_month(conn: sqlite3.Connection, tz: str, month: str) -> None:
@@ -451,14 +451,7 @@ def _prepare(conn: sqlite3.Connection, tz: str, due: DueDay, span: Span) -> Stat
     """The writes that fold ``span`` into the ledger, computed in the read transaction (the
     write transaction then only runs them: merging durations holds no lock)."""
     key = (tz, due.month)
-    out: Statements = [
-        (
-            f"INSERT INTO ledger_cells (tz, month, user_id, service_id, {_COUNT_NAMES})"
-            f" VALUES (?, ?, ?, ?, {', '.join('?' * N)}) ON CONFLICT (tz, month, user_id, service_id)"
-            f" DO UPDATE SET {_ADD_COUNTS}",
-            [(*key, u, sv, *counts) for (u, sv), counts in sorted(span.cells.items())],
-        )
-    ]
+    out: Statements = []
     by_user: defaultdict[str, list[list[int]]] = defaultdict(list)
     by_service: defaultdict[str, list[list[int]]] = defaultdict(list)
     for (u, sv), counts in span.cells.items():
@@ -590,7 +583,7 @@ def assemble(
 
     want: Callable[[str, str], bool] | None = None
     if all_pairs or user is not None or service is not None:
-        _pairs(conn, figs, key, tail, folded, user, service, all_pairs)
+        _pairs(conn, figs, user, service, all_pairs)
 
         def want(u: str, s: str) -> bool:
             return all_pairs or u == user or s == service
@@ -618,36 +611,18 @@ def _put(cell: Usage, d_runs: Sequence[Sequence[float]], f_runs: Sequence[Sequen
 
 
 def _pairs(
-    conn: sqlite3.Connection,
-    figs: Figures,
-    key: tuple[str, str],
-    tail: Span,
-    folded: bool,
-    user: str | None,
-    service: str | None,
-    all_pairs: bool,
+    conn: sqlite3.Connection, figs: Figures, user: str | None, service: str | None, all_pairs: bool
 ) -> None:
-    """Counters and latency of the wanted (user, service) pairs (latency from the month's rows)."""
+    """Counters and latency of the wanted (user, service) pairs, from the month's rows: through
+    ix_requests_user_started / ix_requests_service_started, a user's or a service's rows only."""
     params: tuple[str | None, ...] = ()
     extra = ""
     if not all_pairs:
         extra, params = " AND (user_id = ? OR service_id = ?)", (user, service)
-    cells: dict[tuple[str, str], list[int]] = {}
-    if folded:
-        for row in conn.execute(
-            f"SELECT user_id, service_id, {_COUNT_NAMES} FROM ledger_cells WHERE tz = ? AND month = ?"
-            f" AND requests > 0{extra}",
-            (*key, *params),
-        ):
-            cells[(row[0], row[1])] = list(row[2:])
-    for pair, counts in tail.cells.items():
-        if all_pairs or pair[0] == user or pair[1] == service:
-            have = cells.get(pair)
-            cells[pair] = list(counts) if have is None else [x + y for x, y in zip(have, counts, strict=True)]
-    for pair, counts in cells.items():
-        figs.usage[pair] = Usage(*counts)
-    lists: defaultdict[tuple[str, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     w = figs.window
+    for row in conn.execute(_CELLS_SQL.format(extra=extra), (w.start, w.end, *params)):
+        figs.usage[(row[0], row[1])] = Usage(*row[2:])
+    lists: defaultdict[tuple[str, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for u, s, d, f in conn.execute(_LATENCY_SQL.format(extra=extra), (w.start, w.end, *params)):
         dl, fl = lists[(u, s)]
         dl.append(d)
