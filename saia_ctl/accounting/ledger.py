@@ -274,11 +274,12 @@ class DueDay:
     day: str
     start: float
     end: float
+    cursor: float | None  # the cursor when the day was found (None: nothing folded yet)
 
 
 def next_day(conn: sqlite3.Connection, tz: str, now: float) -> DueDay | None:
     """The next day of zone ``tz`` to fold, if it may be folded now."""
-    at = cursor(conn, tz)
+    seen = at = cursor(conn, tz)
     if at is None:
         first = conn.execute(_FIRST_SQL).fetchone()[0]
         if first is None:
@@ -290,7 +291,7 @@ def next_day(conn: sqlite3.Connection, tz: str, now: float) -> DueDay | None:
         if a <= at < b:
             if b > now - MARGIN or b > _watermark(conn, now):
                 return None
-            return DueDay(w.month, day, a, b)
+            return DueDay(w.month, day, a, b, seen)
     return None  # not reached: the cursor is always a local midnight of its month
 
 
@@ -307,9 +308,8 @@ def fold(
     now: float,
     *,
     max_days: int | None = None,
-    budget: float | None = None,
 ) -> FoldResult:
-    """Fold the due days of zone ``tz`` (at most ``max_days``, or until ``budget`` seconds passed).
+    """Fold the due days of zone ``tz`` (at most ``max_days``).
 
     ``conn`` is a plain sqlite3 connection in autocommit mode (isolation_level None): each day
     is scanned in a read transaction and written in one short BEGIN IMMEDIATE transaction.
@@ -317,8 +317,6 @@ def fold(
     result = FoldResult()
     t0 = time.monotonic()
     while max_days is None or len(result.days) < max_days:
-        if budget is not None and time.monotonic() - t0 >= budget:
-            break
         found = _scan_next(conn, tz, now)
         if found is None:
             break
@@ -326,8 +324,7 @@ def fold(
         t1 = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            at = cursor(conn, tz)
-            if at is not None and at != due.start:  # someone else folded it meanwhile
+            if cursor(conn, tz) != due.cursor:  # another fold moved it meanwhile: look again
                 conn.execute("ROLLBACK")
                 continue
             _write(conn, statements)
@@ -338,7 +335,8 @@ def fold(
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT may have rolled back already
+                conn.execute("ROLLBACK")
             raise
         result.longest_write = max(result.longest_write, time.monotonic() - t1)
         result.days.append(due.day)
@@ -368,13 +366,13 @@ def drop_month(conn: sqlite3.Connection, tz: str, month: str) -> None:
         conn.execute(f"DELETE FROM {table} WHERE tz = ? AND month = ?", (tz, month))
 
 
-def fold_engine(engine: Engine, tz: str, now: float, **limits: Any) -> FoldResult:
+def fold_engine(engine: Engine, tz: str, now: float, *, max_days: int | None = None) -> FoldResult:
     """``fold`` on a connection of ``engine`` (the tick and `saia-ctl db ledger`)."""
     raw = engine.raw_connection()
     try:
         conn = raw.driver_connection
         assert isinstance(conn, sqlite3.Connection)
-        return fold(conn, tz, now, **limits)
+        return fold(conn, tz, now, max_days=max_days)
     finally:
         raw.close()
 
@@ -567,18 +565,16 @@ def assemble(
         total.add_counts(usage[(ALL, s)])
     if total is not None:
         usage[(ALL, ALL)] = total
+    # Latency of the users, the services and all (a level without ok requests has none).
     every_d: list[Sequence[float]] = []
     every_f: list[Sequence[float]] = []
-    for level_key, runs_of in (((lambda k: (k, ALL)), user_runs), ((lambda k: (ALL, k)), service_runs)):
-        for k, (d_runs, f_runs) in runs_of.items():
-            if not any(len(r) for r in d_runs):
-                continue
-            _put(usage[level_key(k)], d_runs, f_runs)
-            if runs_of is service_runs:
-                every_d += d_runs
-                every_f += f_runs
-    if any(len(r) for r in every_d):
-        _put(usage[(ALL, ALL)], every_d, every_f)
+    for u, (d_runs, f_runs) in user_runs.items():
+        _put(usage[(u, ALL)], d_runs, f_runs)
+    for s, (d_runs, f_runs) in service_runs.items():
+        _put(usage[(ALL, s)], d_runs, f_runs)
+        every_d += d_runs
+        every_f += f_runs
+    _put(usage.get((ALL, ALL), Usage()), every_d, every_f)
     figs.days = dict(sorted(days.items()))
 
     want: Callable[[str, str], bool] | None = None
@@ -606,6 +602,8 @@ def _p50_p95(runs: Sequence[Sequence[float]]) -> tuple[float | None, float | Non
 
 
 def _put(cell: Usage, d_runs: Sequence[Sequence[float]], f_runs: Sequence[Sequence[float]]) -> None:
+    if not any(len(r) for r in d_runs):
+        return
     cell.duration_p50, cell.duration_p95 = _p50_p95(d_runs)
     cell.ttfb_p50, cell.ttfb_p95 = _p50_p95(f_runs)
 
