@@ -299,7 +299,7 @@ def next_day(conn: sqlite3.Connection, tz: str, now: float) -> DueDay | None:
 class FoldResult:
     days: list[str] = field(default_factory=list)
     seconds: float = 0.0  # wall time
-    longest_write: float = 0.0  # the longest write transaction (seconds)
+    writes: list[float] = field(default_factory=list)  # each day's write transaction (seconds)
 
 
 def fold(
@@ -338,7 +338,7 @@ def fold(
             if conn.in_transaction:  # a failed COMMIT may have rolled back already
                 conn.execute("ROLLBACK")
             raise
-        result.longest_write = max(result.longest_write, time.monotonic() - t1)
+        result.writes.append(time.monotonic() - t1)
         result.days.append(due.day)
     result.seconds = time.monotonic() - t0
     return result

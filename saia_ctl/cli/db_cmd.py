@@ -92,7 +92,7 @@ def ledger() -> None:
     if result.days:
         common.echo(
             f"folded {len(result.days)} day(s), {result.days[0]} to {result.days[-1]}, in {result.seconds:.1f} s"
-            f" (longest write {result.longest_write * 1000:.0f} ms); {upto}"
+            f" (longest write {max(result.writes) * 1000:.0f} ms); {upto}"
         )
     else:
         common.echo(f"no closed day left to fold; {upto}")
