@@ -13,8 +13,9 @@ times:
 - the report of the last month with its last day not folded yet: the most a
   report scans from the rows while the tick keeps the ledger (a day is folded
   15 minutes after it ends);
-- with ``--cold``, once, the middle month's report from the rows alone (the
-  ledger ignored), which is what the ledger saves.
+- the whole ``saia-ctl report`` command once (interpreter start, files written);
+- once, the middle month's report from the rows alone (the ledger ignored):
+  what the ledger saves, and a check that both give the same report.
 
 Prints the database size per million requests, with and without the ledger.
 
@@ -29,8 +30,10 @@ import itertools
 import json
 import os
 import random
+import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +42,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from common import Figure, json_line  # noqa: E402
 
 from saia_ctl.accounting import ledger  # noqa: E402
 from saia_ctl.accounting.render import render  # noqa: E402
@@ -205,7 +210,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse the database in --home, do not generate")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--cold", action="store_true", help="also time the report from the rows alone, once")
+    ap.add_argument("--json", action="store_true", help="print the figures as a JSON line last (bench/run)")
     args = ap.parse_args()
 
     tmp = None
@@ -271,18 +276,29 @@ def main() -> None:
     print(f"SELECT count(*) over the month: {c * 1000:.0f} ms (best of {args.repeat})")
     print(f"report --month {month}:        {r * 1000:.0f} ms (best of {args.repeat}; ratio {r / c:.1f}x)")
     print(f"report --month {last} (last day not folded): {cur * 1000:.0f} ms (best of {args.repeat})")
-    if args.cold:
-        real_cursor = ledger.cursor
-        ledger.cursor = lambda conn, tz: None  # type: ignore[assignment]
-        t0 = time.perf_counter()
-        cold = monthly_report(engine, month, now=now)
-        render(cold.data, "table")
-        cold_s = time.perf_counter() - t0
-        ledger.cursor = real_cursor  # type: ignore[assignment]
-        same = cold.data == rep.data
-        print(
-            f"report --month {month} from the rows alone (no ledger): {cold_s * 1000:.0f} ms; same report: {same}"
-        )
+    # The whole command as an operator runs it: interpreter start, report, table, and the
+    # JSON, CSV and HTML files.
+    out = tempfile.mkdtemp(prefix="saia-bench-report-out-")
+    cmd = [sys.executable, "-c", "from saia_ctl.cli.main import run; run()", "report", "--month", month]
+    env = {**os.environ, "SAIA_HOME": str(home), "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    subprocess.run([*cmd, "--output", out], env=env, check=True, capture_output=True)
+    cli_s = time.perf_counter() - t0
+    shutil.rmtree(out)
+    print(f"saia-ctl report --month {month} (whole command, files written): {cli_s * 1000:.0f} ms")
+    # Once, the same report from the rows alone (as without the ledger): what the ledger
+    # saves, and a check that both ways give the same report.
+    real_cursor = ledger.cursor
+    ledger.cursor = lambda conn, tz: None  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    cold = monthly_report(engine, month, now=now)
+    render(cold.data, "table")
+    cold_s = time.perf_counter() - t0
+    ledger.cursor = real_cursor  # type: ignore[assignment]
+    same = cold.data == rep.data
+    print(
+        f"report --month {month} from the rows alone (no ledger): {cold_s * 1000:.0f} ms; same report: {same}"
+    )
     size = os.path.getsize(db)
     ledger_bytes = sum(
         conn.execute(f"SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE '{t}%'").fetchone()[0]
@@ -296,6 +312,41 @@ def main() -> None:
     conn.close()
     if tmp:
         tmp.cleanup()
+    if args.json:
+        size_per_m = size / 2**20 / per_m
+        writes = folded.writes or [0.0]
+        print(
+            json_line(
+                [
+                    Figure(
+                        "report", f"report of a month ({rows:,} requests)", r, "s", c, goal="< 2 s", ok=r < 2
+                    ),
+                    Figure(
+                        "report",
+                        "report of the current month (a day not folded)",
+                        cur,
+                        "s",
+                        goal="< 2 s",
+                        ok=cur < 2,
+                    ),
+                    Figure("report", "saia-ctl report, whole command with files", cli_s, "s"),
+                    Figure(
+                        "report",
+                        "report from the rows alone (no ledger)",
+                        cold_s,
+                        "s",
+                        r,
+                        goal="same report",
+                        ok=same,
+                    ),
+                    Figure(
+                        "report", "ledger fold per day (median write lock)", statistics.median(writes), "s"
+                    ),
+                    Figure("report", "database size per million requests", size_per_m, "MiB"),
+                    Figure("report", "of which the ledger", ledger_bytes / 2**20 / per_m, "MiB"),
+                ]
+            )
+        )
 
 
 if __name__ == "__main__":

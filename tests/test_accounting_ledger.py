@@ -6,6 +6,8 @@ import json
 import random
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -266,3 +268,18 @@ def test_window_days_cover_the_month_once() -> None:
     days = L._days_in(w, w.start, w.end)
     assert len(days) == 31 and days[0][1] == w.start and days[-1][2] == w.end
     assert all(a < b for _, a, b in days) and all(days[i][2] == days[i + 1][1] for i in range(30))
+
+
+def test_the_report_bench_runs_and_both_ways_agree() -> None:
+    """bench/report.py on a small database: figures as bench/run reads them, same report both ways."""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(repo / "bench" / "report.py"), "--months", "2", "--per-month", "3000",
+         "--users", "60", "--services", "3", "--repeat", "1", "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = {f["figure"]: f for f in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert figures["report from the rows alone (no ledger)"]["ok"] is True
+    assert figures["report of the current month (a day not folded)"]["value"] > 0
+    assert "ledger: folded 58 days" in proc.stdout

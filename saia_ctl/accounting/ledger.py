@@ -37,7 +37,7 @@ import sys
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,11 @@ _COUNT_COLUMNS = """COUNT(*),
        IFNULL(SUM(outcome = 'error' AND status >= 500), 0),
        IFNULL(SUM(outcome = 'aborted'), 0), SUM(outcome IS NULL),
        IFNULL(SUM(input_tokens), 0), IFNULL(SUM(output_tokens), 0)"""
+
+_LEVEL_SQL = f"""
+SELECT {{column}}, {_COUNT_COLUMNS}
+FROM requests WHERE started_at >= ? AND started_at < ? GROUP BY {{column}}
+"""
 
 _CELLS_SQL = f"""
 SELECT user_id, service_id, {_COUNT_COLUMNS}
@@ -185,7 +190,8 @@ def nth_of_two(a: Sequence[float], b: Sequence[float], rank: int) -> float:
 class Span:
     """What the rows say about [lo, hi): sums that add up across spans, and sorted runs."""
 
-    cells: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (user, service) counters
+    users: dict[str, list[int]] = field(default_factory=dict)  # counters per user
+    services: dict[str, list[int]] = field(default_factory=dict)  # counters per service
     user_lat: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     service_lat: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     days: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, local day) requests
@@ -196,8 +202,9 @@ class Span:
 def scan(conn: sqlite3.Connection, window: Window, lo: float, hi: float, now: float) -> Span:
     """The rows' figures for requests that started in [lo, hi) and GPU time in [lo, hi)."""
     span = Span()
-    for row in conn.execute(_CELLS_SQL.format(extra=""), (lo, hi)):
-        span.cells[(row[0], row[1])] = list(row[2:])
+    for level, column in ((span.users, "user_id"), (span.services, "service_id")):
+        for row in conn.execute(_LEVEL_SQL.format(column=column), (lo, hi)):
+            level[row[0]] = list(row[1:])
     by_user: defaultdict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     by_service: defaultdict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for u, s, d, f in conn.execute(_LATENCY_SQL.format(extra=""), (lo, hi)):
@@ -212,7 +219,7 @@ def scan(conn: sqlite3.Connection, window: Window, lo: float, hi: float, now: fl
         for _, f_list in lists.values():
             f_list.sort()
     span.user_lat, span.service_lat = dict(by_user), dict(by_service)
-    services = sorted({s for (_, s) in span.cells})
+    services = sorted(span.services)
     for day, a, b in _days_in(window, lo, hi):
         for s in services:
             n = conn.execute(_DAY_SQL, (s, a, b)).fetchone()[0]
@@ -377,14 +384,6 @@ def fold_engine(engine: Engine, tz: str, now: float, *, max_days: int | None = N
         raw.close()
 
 
-def _sum_counts(rows: Iterable[list[int]]) -> list[int]:
-    total = [0] * N
-    for r in rows:
-        for i in range(N):
-            total[i] += r[i]
-    return total
-
-
 _COUNT_NAMES = ", ".join(COUNT_FIELDS)
 _ADD_COUNTS = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNT_FIELDS)
 
@@ -397,7 +396,7 @@ def _level_rows(
     table: str,
     column: str,
     key: tuple[str, str],
-    counts: dict[str, list[list[int]]],
+    counts: dict[str, list[int]],
     lat: dict[str, tuple[list[float], list[float]]],
 ) -> tuple[str, list[tuple[Any, ...]]]:
     """The upsert adding a day's counters to the users' (or services') rows, durations merged in."""
@@ -419,7 +418,7 @@ def _level_rows(
     for k in ids:
         d_new, f_new = lat.get(k, ([], []))
         d_old, f_old = old.get(k, (b"", b""))
-        rows.append((*key, k, *_sum_counts(counts[k]), merged(d_old, d_new), merged(f_old, f_new)))
+        rows.append((*key, k, *counts[k], merged(d_old, d_new), merged(f_old, f_new)))
     sql = (
         f"INSERT INTO {table} (tz, month, {column}, {_COUNT_NAMES}, durations, ttfbs)"
         f" VALUES (?, ?, ?, {', '.join('?' * N)}, ?, ?) ON CONFLICT (tz, month, {column})"
@@ -450,13 +449,8 @@ def _prepare(conn: sqlite3.Connection, tz: str, due: DueDay, span: Span) -> Stat
     write transaction then only runs them: merging durations holds no lock)."""
     key = (tz, due.month)
     out: Statements = []
-    by_user: defaultdict[str, list[list[int]]] = defaultdict(list)
-    by_service: defaultdict[str, list[list[int]]] = defaultdict(list)
-    for (u, sv), counts in span.cells.items():
-        by_user[u].append(counts)
-        by_service[sv].append(counts)
-    out.append(_level_rows(conn, "ledger_users", "user_id", key, by_user, span.user_lat))
-    out.append(_level_rows(conn, "ledger_services", "service_id", key, by_service, span.service_lat))
+    out.append(_level_rows(conn, "ledger_users", "user_id", key, span.users, span.user_lat))
+    out.append(_level_rows(conn, "ledger_services", "service_id", key, span.services, span.service_lat))
     out.append(_gpu_rows(conn, key, span.gpu))
     out.append(
         (
@@ -543,10 +537,10 @@ def assemble(
             "SELECT service_id, day, requests FROM ledger_days WHERE tz = ? AND month = ?", key
         ):
             days[(sv, day)] = n
-    for (u, s), counts in tail.cells.items():
-        for level, k in ((user_counts, u), (service_counts, s)):
+    for level, tail_level in ((user_counts, tail.users), (service_counts, tail.services)):
+        for k, counts in tail_level.items():
             have = level.get(k)
-            level[k] = list(counts) if have is None else [x + y for x, y in zip(have, counts, strict=True)]
+            level[k] = counts if have is None else [x + y for x, y in zip(have, counts, strict=True)]
     for lat, runs_of in ((tail.user_lat, user_runs), (tail.service_lat, service_runs)):
         for k, (d, f) in lat.items():
             runs_of[k][0].append(d)
