@@ -188,6 +188,14 @@ def test_pruned_months_report_the_same_from_the_ledger(
     # the rolled-up months left the ledger, later ones are still in it
     months = {m for t in L.LEDGER_TABLES for (m,) in rows.conn.execute(f"SELECT DISTINCT month FROM {t}")}
     assert months == {"2026-06"}
+    # pruned before they were folded: the fold passes those days without writing them
+    rows.conn.execute("DELETE FROM ledger_cursors")
+    for t in L.LEDGER_TABLES:
+        rows.conn.execute(f"DELETE FROM {t}")
+    assert "2026-04-01 to 2026-07-13" in cli("db", "ledger").stdout
+    months = {m for t in L.LEDGER_TABLES for (m,) in rows.conn.execute(f"SELECT DISTINCT month FROM {t}")}
+    assert months == {"2026-06"}
+    assert {a: cli(*a).stdout for a in args} == before
 
 
 def test_the_tick_folds_one_day_per_tick(rows: Rows, engine: Any, settings: Any) -> None:

@@ -358,6 +358,9 @@ def _scan_next(conn: sqlite3.Connection, tz: str, now: float) -> tuple[DueDay, S
         due = next_day(conn, tz, now)
         if due is None:
             return None
+        rolled_up = "SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?"
+        if conn.execute(rolled_up, (due.month, tz)).fetchone():  # pruned: its rollup answers
+            return due, []
         span = scan(conn, month_window(due.month, tz), due.start, due.end, now)
         return due, _prepare(conn, tz, due, span)
     finally:
