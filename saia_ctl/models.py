@@ -349,6 +349,9 @@ class LedgerCursor(Base):
 
     tz: Mapped[str] = mapped_column(String(64), primary_key=True)
     folded_to: Mapped[datetime]
+    # the highest request id when the days before folded_to were folded: a row with a
+    # higher id that started before folded_to came late, and the ledger is rewound for it
+    max_request_id: Mapped[int] = mapped_column(Integer)
     folded_at: Mapped[datetime]
 
 

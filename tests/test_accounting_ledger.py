@@ -167,6 +167,27 @@ def test_a_failed_fold_writes_nothing_and_a_raced_fold_counts_once(
     assert_same_as_reference(home, engine, "UTC")
 
 
+def test_rows_that_come_late_are_reported_and_refolded(rows: Rows, engine: Any, home: Path) -> None:
+    """A row written after its day was folded (a backfill, an import): reports scan the month
+    until the next fold rewinds the ledger to that month and folds it again."""
+    closed_month(rows, 25)
+    db = home / "saia.db"
+    fold(db, "UTC", NOW)
+    at = cursor(db, "UTC")
+    jobs = rows.conn.execute("SELECT id FROM jobs WHERE service_id = 'svc-a' ORDER BY id").fetchall()
+    rows.request("late-user", "svc-a", jobs[0][0], MAY + 12 * DAY + 5, MAY + 12 * DAY + 65)
+    rows.request("user3", "svc-b", None, MAY - 40 * DAY, MAY - 40 * DAY + 1)  # before the ledger began
+    assert_same_as_reference(home, engine, "UTC")  # from the rows, before any fold
+    assert fold(db, "UTC", NOW).rewound == []  # nothing due: the rewind waits for the next day
+    result = fold(db, "UTC", NOW + DAY)
+    assert result.rewound == ["2026-03"]  # the earliest late row's month
+    assert result.days[0] == "2026-03-01" and cursor(db, "UTC") == at + DAY
+    assert fold(db, "UTC", NOW + DAY).days == [] and fold(db, "UTC", NOW + DAY).rewound == []
+    assert_same_as_reference(home, engine, "UTC")
+    got = monthly_report(engine, "2026-05", now=NOW, user="late-user").data
+    assert got["totals"]["requests"] == 1
+
+
 def test_pruned_months_report_the_same_from_the_ledger(
     rows: Rows, engine: Any, home: Path, monkeypatch: Any
 ) -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-30 01:54:21.125766
+Create Date: 2026-11-30 02:09:09.816556
 
 Tables that keep each month's accounting figures up to date a closed day at a
 time (saia_ctl/accounting/ledger.py), so a month's report reads them instead of
@@ -28,6 +28,7 @@ def upgrade() -> None:
         "ledger_cursors",
         sa.Column("tz", sa.String(length=64), nullable=False),
         sa.Column("folded_to", sa.Float(), nullable=False),
+        sa.Column("max_request_id", sa.Integer(), nullable=False),
         sa.Column("folded_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("tz", name=op.f("pk_ledger_cursors")),
     )

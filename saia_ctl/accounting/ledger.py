@@ -22,7 +22,10 @@ The ledger keeps one zone's days (``SAIA_ACCOUNTING_TZ``, a cursor per zone):
 everything before the cursor is folded. A day is folded when it ended at least
 ``MARGIN`` seconds ago and no request that started before its end is open.
 A fold is one short write transaction that checks and moves the cursor, so two
-folds at once, or a fold killed half-way, never count a day twice.
+folds at once, or a fold killed half-way, never count a day twice. The cursor
+also keeps the highest request id seen: a row with a higher id that started
+before the cursor came late (a backfill); reports then scan its month, and the
+next fold rewinds the ledger to that month and folds it again.
 """
 
 from __future__ import annotations
@@ -263,9 +266,33 @@ def _attribute(conn: sqlite3.Connection, span: Span, lo: float, hi: float, now: 
 # --- folding closed days into the ledger -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Where the ledger of a zone stands: the days before ``folded_to`` are folded, from the
+    request rows up to id ``max_id`` (a row with a higher id arrived after; if it started
+    before ``folded_to``, it came late and the ledger must be rewound to fold it in)."""
+
+    folded_to: float
+    max_id: int
+
+
+def read_cursor(conn: sqlite3.Connection, tz: str) -> Cursor | None:
+    row = conn.execute("SELECT folded_to, max_request_id FROM ledger_cursors WHERE tz = ?", (tz,)).fetchone()
+    return None if row is None else Cursor(float(row[0]), int(row[1]))
+
+
 def cursor(conn: sqlite3.Connection, tz: str) -> float | None:
-    row = conn.execute("SELECT folded_to FROM ledger_cursors WHERE tz = ?", (tz,)).fetchone()
-    return None if row is None else float(row[0])
+    """Up to where the days of zone ``tz`` are folded (None: not begun)."""
+    c = read_cursor(conn, tz)
+    return None if c is None else c.folded_to
+
+
+# Rows that arrived after the last fold but started before its end: read through the rowid
+# range (the rows inserted since that fold), never the started_at index (millions of rows).
+_LATE_SQL = "SELECT MIN(started_at) FROM requests NOT INDEXED WHERE id > ? AND started_at < ?"
+_LATE_IN_SQL = (
+    "SELECT 1 FROM requests NOT INDEXED WHERE id > ? AND started_at >= ? AND started_at < ? LIMIT 1"
+)
 
 
 def _watermark(conn: sqlite3.Connection, now: float) -> float:
@@ -281,12 +308,10 @@ class DueDay:
     day: str
     start: float
     end: float
-    cursor: float | None  # the cursor when the day was found (None: nothing folded yet)
 
 
-def next_day(conn: sqlite3.Connection, tz: str, now: float) -> DueDay | None:
-    """The next day of zone ``tz`` to fold, if it may be folded now."""
-    seen = at = cursor(conn, tz)
+def next_day(conn: sqlite3.Connection, tz: str, at: float | None, now: float) -> DueDay | None:
+    """The day of zone ``tz`` that starts at the cursor ``at``, if it may be folded now."""
     if at is None:
         first = conn.execute(_FIRST_SQL).fetchone()[0]
         if first is None:
@@ -298,15 +323,27 @@ def next_day(conn: sqlite3.Connection, tz: str, now: float) -> DueDay | None:
         if a <= at < b:
             if b > now - MARGIN or b > _watermark(conn, now):
                 return None
-            return DueDay(w.month, day, a, b, seen)
+            return DueDay(w.month, day, a, b)
     return None  # not reached: the cursor is always a local midnight of its month
 
 
 @dataclass
 class FoldResult:
     days: list[str] = field(default_factory=list)
+    rewound: list[str] = field(default_factory=list)  # months refolded for rows that came late
     seconds: float = 0.0  # wall time
-    writes: list[float] = field(default_factory=list)  # each day's write transaction (seconds)
+    writes: list[float] = field(default_factory=list)  # each step's write transaction (seconds)
+
+
+@dataclass
+class _Step:
+    """One fold step, prepared in a read transaction: fold a day, or rewind for late rows."""
+
+    seen: Cursor | None
+    new: Cursor
+    statements: Statements
+    day: str | None = None
+    rewind_month: str | None = None
 
 
 def fold(
@@ -324,21 +361,21 @@ def fold(
     result = FoldResult()
     t0 = time.monotonic()
     while max_days is None or len(result.days) < max_days:
-        found = _scan_next(conn, tz, now)
-        if found is None:
+        step = _scan_next(conn, tz, now)
+        if step is None:
             break
-        due, statements = found
         t1 = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if cursor(conn, tz) != due.cursor:  # another fold moved it meanwhile: look again
+            if read_cursor(conn, tz) != step.seen:  # another fold moved it meanwhile: look again
                 conn.execute("ROLLBACK")
                 continue
-            _write(conn, statements)
+            _write(conn, step.statements)
             conn.execute(
-                "INSERT INTO ledger_cursors (tz, folded_to, folded_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (tz) DO UPDATE SET folded_to = excluded.folded_to, folded_at = excluded.folded_at",
-                (tz, due.end, now),
+                "INSERT INTO ledger_cursors (tz, folded_to, max_request_id, folded_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (tz) DO UPDATE SET folded_to = excluded.folded_to,"
+                " max_request_id = excluded.max_request_id, folded_at = excluded.folded_at",
+                (tz, step.new.folded_to, step.new.max_id, now),
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -346,23 +383,41 @@ def fold(
                 conn.execute("ROLLBACK")
             raise
         result.writes.append(time.monotonic() - t1)
-        result.days.append(due.day)
+        if step.day is not None:
+            result.days.append(step.day)
+        if step.rewind_month is not None:
+            result.rewound.append(step.rewind_month)
+            if result.rewound.count(step.rewind_month) > 1:
+                break  # rows keep arriving late: leave it to the next fold
     result.seconds = time.monotonic() - t0
     return result
 
 
-def _scan_next(conn: sqlite3.Connection, tz: str, now: float) -> tuple[DueDay, Statements] | None:
-    """The next due day and the writes that fold it, read in one read transaction."""
+def _scan_next(conn: sqlite3.Connection, tz: str, now: float) -> _Step | None:
+    """The next step and its writes, read in one read transaction (one snapshot)."""
     conn.execute("BEGIN")
     try:
-        due = next_day(conn, tz, now)
-        if due is None:
+        seen = read_cursor(conn, tz)
+        due = next_day(conn, tz, None if seen is None else seen.folded_to, now)
+        if due is None:  # nothing due (rows that came late wait for the next due day)
             return None
+        max_id = int(conn.execute("SELECT IFNULL(MAX(id), 0) FROM requests").fetchone()[0])
+        if seen is not None:
+            late = conn.execute(_LATE_SQL, (seen.max_id, seen.folded_to)).fetchone()[0]
+            if late is not None:  # refold from the month of the earliest late row
+                month = month_of(float(late), tz)
+                start = month_window(month, tz).start
+                deletes: Statements = [
+                    (f"DELETE FROM {table} WHERE tz = ? AND month >= ?", [(tz, month)])
+                    for table in LEDGER_TABLES
+                ]
+                return _Step(seen, Cursor(start, max_id), deletes, rewind_month=month)
+        step = _Step(seen, Cursor(due.end, max_id), [], day=due.day)
         rolled_up = "SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?"
-        if conn.execute(rolled_up, (due.month, tz)).fetchone():  # pruned: its rollup answers
-            return due, []
-        span = scan(conn, month_window(due.month, tz), due.start, due.end, now)
-        return due, _prepare(conn, tz, due, span)
+        if not conn.execute(rolled_up, (due.month, tz)).fetchone():  # pruned: its rollup answers
+            span = scan(conn, month_window(due.month, tz), due.start, due.end, now)
+            step.statements = _prepare(conn, tz, due, span)
+        return step
     finally:
         conn.execute("COMMIT")
 
@@ -518,8 +573,10 @@ def assemble(
     all of them with ``all_pairs``, else those of ``user`` or of ``service``; the rest of the
     pairs carry only their attributed GPU time."""
     a, b = window.start, window.end
-    at = cursor(conn, window.tz)
-    c = a if at is None else min(max(at, a), b)  # [a, c) is folded, [c, b) is scanned
+    at = read_cursor(conn, window.tz)
+    c = a if at is None else min(max(at.folded_to, a), b)  # [a, c) is folded, [c, b) is scanned
+    if at is not None and c > a and conn.execute(_LATE_IN_SQL, (at.max_id, a, c)).fetchone():
+        c = a  # rows came late into the folded days (the next fold rewinds): scan them all
     key = (window.tz, window.month)
     tail = scan(conn, window, c, b, now) if c < b else Span()
     folded = c > a
