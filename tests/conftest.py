@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,7 +92,29 @@ def home(tmp_path: Path, template_db: Path) -> Iterator[Path]:
         else:
             os.environ["SAIA_HOME"] = old
         if slurm_conf and os.path.exists(slurm_conf):
+            _wait_for_ticks_of(h)
             _cancel_jobs_of(h)
+
+
+def _wait_for_ticks_of(home: Path, timeout: float = 30.0) -> None:
+    """Wait for ticks that keep-alive spawned for this home (detached; they may still submit)."""
+    marker = f"SAIA_HOME={home}".encode() + b"\0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = False
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if (
+                    b"saia_ctl.scheduler" in (proc / "cmdline").read_bytes()
+                    and marker in (proc / "environ").read_bytes()
+                ):
+                    running = True
+                    break
+            except OSError:
+                continue
+        if not running:
+            return
+        time.sleep(0.2)
 
 
 def _cancel_jobs_of(home: Path) -> None:
