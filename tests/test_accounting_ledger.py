@@ -240,6 +240,15 @@ def test_the_tick_folds_one_day_per_tick(rows: Rows, engine: Any, settings: Any)
     folded = [line for s in summaries for line in s.splitlines() if "ledger" in line]
     assert folded == [f"accounting: folded 2026-05-0{d} into the ledger" for d in (1, 2, 3)]
 
+    # A fold that fails is a line in the tick log; the tick itself does not fail.
+    rows.conn.execute("DROP TABLE ledger_cursors")
+    now[0] += DAY
+    res = run_tick(
+        engine, settings, FakeSlurm(lambda: now[0]), clock=lambda: now[0], watch=False, prober=lambda *a: {}
+    )
+    assert res.error is None
+    assert "accounting ledger not folded: OperationalError: no such table: ledger_cursors" in res.summary
+
 
 def test_a_bad_accounting_zone_is_one_line(home: Path, engine: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("SAIA_ACCOUNTING_TZ", "Mars/Olympus")
