@@ -94,6 +94,20 @@ def test_folded_days_give_the_reference_report(
         assert_same_as_reference(home, engine, tz)
 
 
+def test_a_report_reads_the_ledger_and_can_do_without(rows: Rows, engine: Any, home: Path) -> None:
+    closed_month(rows, 26)
+    fold(home / "saia.db", "UTC", NOW)
+    from_rows = monthly_report(engine, "2026-05", now=NOW, use_ledger=False).data
+    assert monthly_report(engine, "2026-05", now=NOW).data == from_rows
+    # what a report says of folded days comes from the ledger, not from the rows
+    rows.conn.execute("UPDATE ledger_services SET requests = requests + 1000 WHERE month = '2026-05'")
+    assert (
+        monthly_report(engine, "2026-05", now=NOW).data["totals"]["requests"]
+        > from_rows["totals"]["requests"]
+    )
+    assert monthly_report(engine, "2026-05", now=NOW, use_ledger=False).data == from_rows
+
+
 def test_a_day_is_folded_once_and_only_when_closed(rows: Rows, engine: Any, home: Path) -> None:
     db = home / "saia.db"
     job = rows.job("svc-a", MAY - DAY, None, ready=MAY - DAY + 60, gpus=2)

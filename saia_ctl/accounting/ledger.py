@@ -568,12 +568,13 @@ def assemble(
     user: str | None = None,
     service: str | None = None,
     all_pairs: bool = False,
+    use_ledger: bool = True,
 ) -> Figures:
     """The month's figures. (user, service) pairs get counters and latency only when wanted:
     all of them with ``all_pairs``, else those of ``user`` or of ``service``; the rest of the
-    pairs carry only their attributed GPU time."""
+    pairs carry only their attributed GPU time. ``use_ledger=False``: from the rows alone."""
     a, b = window.start, window.end
-    at = read_cursor(conn, window.tz)
+    at = read_cursor(conn, window.tz) if use_ledger else None
     c = a if at is None else min(max(at.folded_to, a), b)  # [a, c) is folded, [c, b) is scanned
     if at is not None and c > a and conn.execute(_LATE_IN_SQL, (at.max_id, a, c)).fetchone():
         c = a  # rows came late into the folded days (the next fold rewinds): scan them all

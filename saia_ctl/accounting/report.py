@@ -46,6 +46,7 @@ def month_figures(
     service: str | None,
     *,
     all_pairs: bool = False,
+    use_ledger: bool = True,
 ) -> Figures:
     """The month's figures: from the rollups if the month was rolled up, else from the ledger's
     folded days and the rows of the rest (``ledger.assemble``)."""
@@ -59,7 +60,9 @@ def month_figures(
             f"request rows before {iso_utc(mark[0])} were pruned and {window.month} has no rollup "
             f"in zone {window.tz}; pruned months are kept in zone {mark[1]} (use --tz {mark[1]})"
         )
-    return assemble(F.dbapi(session), window, now, user=user, service=service, all_pairs=all_pairs)
+    return assemble(
+        F.dbapi(session), window, now, user=user, service=service, all_pairs=all_pairs, use_ledger=use_ledger
+    )
 
 
 def _hours(milli: int) -> float:
@@ -241,8 +244,10 @@ def monthly_report(
     service: str | None = None,
     by: str | None = None,
     anonymize_home: str | None = None,
+    use_ledger: bool = True,
 ) -> Report:
-    """`saia-ctl report`: the month's report, from the rows or the rollups (one read transaction)."""
+    """`saia-ctl report`: the month's report, from the rollups, or the ledger and the rows (one
+    read transaction); ``use_ledger=False`` makes it from the rows alone (a check, a bench)."""
     from ..db import read_session
     from .anonymize import load_key, pseudonymizer
     from .months import month_window
@@ -252,6 +257,6 @@ def monthly_report(
     window = month_window(month, tz)
     pseudonym = pseudonymizer(load_key(anonymize_home)) if anonymize_home is not None else None
     with read_session(engine) as s:
-        figs = month_figures(s, window, now, user, service)
+        figs = month_figures(s, window, now, user, service, use_ledger=use_ledger)
         known = {r[0] for r in F.dbapi(s).execute("SELECT id FROM services")}
     return build(figs, user=user, service=service, by=by, known_services=known, pseudonym=pseudonym)
