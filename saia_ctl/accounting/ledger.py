@@ -57,6 +57,8 @@ MARGIN = 900.0
 
 N = len(COUNT_FIELDS)  # requests, ok, errors, errors_4xx, errors_5xx, aborted, in_flight, tokens in/out
 
+# SUM of a group whose terms are all NULL (e.g. only in-flight rows: outcome IS NULL) is NULL,
+# hence the IFNULLs: such a group has 0 ok, 0 errors... (not null).
 _COUNT_COLUMNS = """COUNT(*),
        IFNULL(SUM(outcome = 'ok'), 0), IFNULL(SUM(outcome = 'error'), 0),
        IFNULL(SUM(outcome = 'error' AND status >= 400 AND status < 500), 0),
