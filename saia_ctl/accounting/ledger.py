@@ -148,8 +148,8 @@ def nth_smallest(runs: Sequence[Sequence[float]], rank: int) -> float:
     hi = max(_key(r[-1]) for r in runs)
     while lo < hi:  # the least key whose float has at least `rank` values at or below it
         mid = (lo + hi) // 2
-        v = _float(mid)
-        if math.isnan(v) or sum(bisect.bisect_right(r, v) for r in runs) < rank:
+        v = _float(mid)  # never NaN: NaN keys lie beyond those of the infinities
+        if sum(bisect.bisect_right(r, v) for r in runs) < rank:
             lo = mid + 1
         else:
             hi = mid
