@@ -18,9 +18,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from saia_ctl.accounting import ledger as L
+from saia_ctl.accounting import sorted_runs as R
 from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.render import render
 from saia_ctl.accounting.report import build, monthly_report
+from saia_ctl.accounting.scan import days_in
 from tests.test_accounting_fast import reference_figures
 from tests.test_accounting_report import JUNE, MAY, NOW, Rows, cli, random_month
 from tests.test_accounting_report import rows as rows  # the fixture
@@ -82,7 +84,7 @@ def test_folded_days_give_the_reference_report(
     rows: Rows, engine: Any, home: Path, seed: int, tz: str, monkeypatch: Any
 ) -> None:
     if seed == 22:  # percentiles picked from the sorted runs, not from the runs sorted together
-        monkeypatch.setattr(L, "MERGE_UP_TO", 0)
+        monkeypatch.setattr(R, "MERGE_UP_TO", 0)
     closed_month(rows, seed)
     db = home / "saia.db"
     # part of May folded (the rest scanned), then all of it, then everything up to NOW
@@ -135,7 +137,7 @@ def test_a_day_is_folded_once_and_only_when_closed(rows: Rows, engine: Any, home
     days = rows.conn.execute("SELECT day, requests FROM ledger_days ORDER BY day").fetchall()
     assert days == [("2026-05-01", 1), ("2026-05-04", 1), ("2026-05-06", 1)]
     blob = rows.conn.execute("SELECT durations FROM ledger_services WHERE month = '2026-05'").fetchone()[0]
-    assert list(L.unpack(blob)) == [30.0, 100.0, now - 1 - (MAY + 3 * DAY + 10)]
+    assert list(R.unpack(blob)) == [30.0, 100.0, now - 1 - (MAY + 3 * DAY + 10)]
 
 
 def test_a_failed_fold_writes_nothing_and_a_raced_fold_counts_once(
@@ -290,13 +292,13 @@ def test_nth_smallest_of_sorted_runs_is_the_merged_one(raw: list[list[float]], d
     runs = [sorted(r) for r in raw]
     merged = sorted(x for r in runs for x in r)
     if not merged:
-        assert L.runs_percentile(runs, 50) is None
+        assert R.runs_percentile(runs, 50) is None
         return
     rank = data.draw(st.integers(1, len(merged)))
-    got = L.nth_smallest(runs, rank)
+    got = R.nth_smallest(runs, rank)
     assert struct.pack("<d", got) in {struct.pack("<d", x) for x in merged if x == merged[rank - 1]}
     for p in (50, 95):
-        assert L.runs_percentile(runs, p) == merged[max(1, -(-p * len(merged) // 100)) - 1]
+        assert R.runs_percentile(runs, p) == merged[max(1, -(-p * len(merged) // 100)) - 1]
 
 
 @hsettings(max_examples=300, deadline=None)
@@ -306,18 +308,18 @@ def test_nth_of_two_runs_is_the_merged_one(a: list[float], b: list[float], data:
     b.sort()
     merged = sorted(a + b)
     rank = data.draw(st.integers(1, len(merged)))
-    assert L.nth_of_two(a, b, rank) == merged[rank - 1]
+    assert R.nth_of_two(a, b, rank) == merged[rank - 1]
 
 
 def test_stored_runs_round_trip() -> None:
     values = [0.0, 1e-9, 2.5, 3600.125]
-    assert list(L.unpack(L.pack(values))) == values
-    assert len(L.unpack(None)) == 0
+    assert list(R.unpack(R.pack(values))) == values
+    assert len(R.unpack(None)) == 0
 
 
 def test_window_days_cover_the_month_once() -> None:
     w = month_window("2026-03", "Europe/Berlin")  # a 23-hour day (DST)
-    days = L._days_in(w, w.start, w.end)
+    days = days_in(w, w.start, w.end)
     assert len(days) == 31 and days[0][1] == w.start and days[-1][2] == w.end
     assert all(a < b for _, a, b in days) and all(days[i][2] == days[i + 1][1] for i in range(30))
 

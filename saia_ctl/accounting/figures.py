@@ -1,4 +1,4 @@
-"""A month's figures (made by ``ledger.assemble``) and the rollup tables that keep them.
+"""A month's figures (made by ``assemble.assemble``) and the rollup tables that keep them.
 
 The report is made from a ``Figures`` object only, and a ``Figures`` object
 read from the rollups is equal to the one made from the rows before they
@@ -8,6 +8,7 @@ were pruned: that is what makes reports of pruned months byte-identical.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field, fields
 from typing import Any
 
@@ -16,10 +17,6 @@ from sqlalchemy.orm import Session
 from .months import Window
 
 ALL = ""  # the user_id / service_id of "all users" / "all services" rows
-
-# Requests longer than this are found through the partial index ix_requests_long
-# (models.py); shorter ones by their start time, so the scans stay range scans.
-LONG_REQUEST = 3600.0
 
 
 @dataclass
@@ -40,11 +37,18 @@ class Usage:
     ttfb_p50: float | None = None
     ttfb_p95: float | None = None
 
+    @classmethod
+    def of_counts(cls, counts: Sequence[int]) -> Usage:
+        """The cell of counters listed in ``COUNT_FIELDS`` order (no latency yet)."""
+        return cls(**dict(zip(COUNT_FIELDS, counts, strict=True)))
+
     def add_counts(self, other: Usage) -> None:
         for name in COUNT_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+# The counters: the fields up to the first percentile. Their order here is the one order of
+# the counter lists, the ledger's columns and the scans' SQL (``scan.COUNTER_SQL``).
 COUNT_FIELDS = tuple(f.name for f in fields(Usage))[:9]
 USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
@@ -89,24 +93,27 @@ def dbapi(session: Session) -> sqlite3.Connection:
     return conn
 
 
+def named(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor whose rows are read by column name (``row["month"]``), on any connection:
+    the connection's own rows stay as they are (a session's stay tuples for SQLAlchemy)."""
+    cur = conn.cursor()
+    cur.row_factory = sqlite3.Row
+    return cur
+
+
 # --- rollups ---------------------------------------------------------------------------------
 
 
 def has_rollup(session: Session, window: Window) -> bool:
-    row = (
-        dbapi(session)
-        .execute("SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?", (window.month, window.tz))
-        .fetchone()
-    )
-    return row is not None
+    sql = "SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?"
+    return dbapi(session).execute(sql, (window.month, window.tz)).fetchone() is not None
 
 
 def pruned_before(session: Session) -> tuple[float, str] | None:
     """The latest end of a rolled-up month and its zone: request rows before it may be gone."""
-    row = (
-        dbapi(session).execute("SELECT end_at, tz FROM rollup_months ORDER BY end_at DESC LIMIT 1").fetchone()
-    )
-    return (float(row[0]), str(row[1])) if row else None
+    sql = "SELECT end_at, tz FROM rollup_months ORDER BY end_at DESC LIMIT 1"
+    row = named(dbapi(session)).execute(sql).fetchone()
+    return (float(row["end_at"]), str(row["tz"])) if row else None
 
 
 def load(session: Session, window: Window) -> Figures:
@@ -114,20 +121,20 @@ def load(session: Session, window: Window) -> Figures:
     key = (window.month, window.tz)
     figs = Figures(window)
     cols = ", ".join(USAGE_FIELDS)
-    for row in conn.execute(
+    for row in named(conn).execute(
         f"SELECT user_id, service_id, {cols}, gpu_seconds FROM rollup_usage WHERE month = ? AND tz = ?"
         " ORDER BY user_id, service_id",
         key,
     ):
-        u, s = row[0], row[1]
-        figs.usage[(u, s)] = Usage(*row[2:-1])
-        if u != ALL and s != ALL and row[-1]:
-            figs.gpu_shares.setdefault(s, {})[u] = row[-1]
+        u, s = row["user_id"], row["service_id"]
+        figs.usage[(u, s)] = Usage(**{name: row[name] for name in USAGE_FIELDS})
+        if u != ALL and s != ALL and row["gpu_seconds"]:
+            figs.gpu_shares.setdefault(s, {})[u] = row["gpu_seconds"]
     cols = ", ".join(GPU_FIELDS)
-    for row in conn.execute(
+    for row in named(conn).execute(
         f"SELECT service_id, {cols} FROM rollup_services WHERE month = ? AND tz = ? ORDER BY service_id", key
     ):
-        figs.gpu[row[0]] = ServiceGPU(*row[1:])
+        figs.gpu[row["service_id"]] = ServiceGPU(**{name: row[name] for name in GPU_FIELDS})
     for s, day, n in conn.execute(
         "SELECT service_id, day, requests FROM rollup_days WHERE month = ? AND tz = ? ORDER BY service_id, day",
         key,

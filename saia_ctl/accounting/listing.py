@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from .figures import dbapi
+from .figures import dbapi, named
 from .months import iso_utc
 
 _JOBS_SQL = """
@@ -43,43 +43,28 @@ def list_jobs(
         + " ORDER BY j.submitted_at DESC, j.id DESC"
     )
     rows = []
-    for r in dbapi(session).execute(sql, params):
-        (
-            jid,
-            svc,
-            slurm_id,
-            state,
-            node,
-            port,
-            submitted,
-            started,
-            ready,
-            ended,
-            limit,
-            gpus,
-            reason,
-            inflight,
-        ) = r
+    for r in named(dbapi(session)).execute(sql, params):
+        started, ended, limit = r["started_at"], r["ended_at"], r["walltime_limit"]
         left = None
         if ended is None and started is not None and limit is not None:
             left = max(0.0, started + limit - now)
         rows.append(
             {
-                "id": jid,
-                "service": svc,
-                "slurm_job_id": slurm_id,
-                "state": state,
-                "ready": state == "ready",
-                "node": node,
-                "port": port,
-                "gpus": gpus,
-                "in_flight": inflight,
-                "age_s": round((ended if ended is not None else now) - submitted, 3),
+                "id": r["id"],
+                "service": r["service_id"],
+                "slurm_job_id": r["slurm_job_id"],
+                "state": r["state"],
+                "ready": r["state"] == "ready",
+                "node": r["node"],
+                "port": r["port"],
+                "gpus": r["gpus"],
+                "in_flight": r["in_flight"],
+                "age_s": round((ended if ended is not None else now) - r["submitted_at"], 3),
                 "walltime_left_s": None if left is None else round(left, 3),
-                "submitted_at": iso_utc(submitted),
-                "ready_at": iso_utc(ready),
+                "submitted_at": iso_utc(r["submitted_at"]),
+                "ready_at": iso_utc(r["ready_at"]),
                 "ended_at": iso_utc(ended),
-                "end_reason": reason,
+                "end_reason": r["end_reason"],
             }
         )
     return rows
@@ -141,24 +126,24 @@ def list_requests(
     sql += " ORDER BY r.started_at DESC, r.id DESC LIMIT ?"
     params.append(max(0, limit))
     rows = []
-    for r in dbapi(session).execute(sql, params):
-        started, inf_id, user_id, svc, slurm_id, method, path, st, outcome, fb, ended, tin, tout, err = r
+    for r in named(dbapi(session)).execute(sql, params):
+        started, fb, ended, outcome = r["started_at"], r["first_byte_at"], r["ended_at"], r["outcome"]
         rows.append(
             {
                 "started_at": iso_utc(started),
-                "inference_id": inf_id,
-                "user": user_id,
-                "service": svc,
-                "slurm_job_id": slurm_id,
-                "method": method,
-                "path": path,
-                "status": st,
+                "inference_id": r["inference_id"],
+                "user": r["user_id"],
+                "service": r["service_id"],
+                "slurm_job_id": r["slurm_job_id"],
+                "method": r["method"],
+                "path": r["path"],
+                "status": r["status"],
                 "outcome": outcome if outcome is not None else "in-flight",
                 "duration_s": round((ended if ended is not None else now) - started, 3),
                 "ttfb_s": None if fb is None else round(fb - started, 3),
-                "input_tokens": tin,
-                "output_tokens": tout,
-                "error": err,
+                "input_tokens": r["input_tokens"],
+                "output_tokens": r["output_tokens"],
+                "error": r["error"],
             }
         )
     return rows

@@ -7,7 +7,7 @@ from collections import defaultdict
 from sqlalchemy.orm import Session
 
 from ..models import JobState
-from .figures import dbapi
+from .figures import dbapi, named
 
 
 def _label(value: str) -> str:
@@ -20,16 +20,19 @@ def _labels(**kv: str) -> str:
 
 def metrics(session: Session, now: float) -> str:
     conn = dbapi(session)
-    services = [r[0] for r in conn.execute("SELECT id FROM services WHERE enabled ORDER BY id")]
+    services = [r["id"] for r in named(conn).execute("SELECT id FROM services WHERE enabled ORDER BY id")]
     out: list[str] = []
 
     def family(name: str, kind: str, help_text: str) -> None:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
 
-    in_flight = dict(
-        conn.execute("SELECT service_id, COUNT(*) FROM requests WHERE ended_at IS NULL GROUP BY service_id")
-    )
+    in_flight = {
+        r["service_id"]: r["n"]
+        for r in named(conn).execute(
+            "SELECT service_id, COUNT(*) AS n FROM requests WHERE ended_at IS NULL GROUP BY service_id"
+        )
+    }
     family("saia_requests_in_flight", "gauge", "Requests in flight per service.")
     for s in sorted(set(services) | set(in_flight)):
         out.append(f"saia_requests_in_flight{_labels(service=s)} {in_flight.get(s, 0)}")
@@ -69,7 +72,7 @@ def metrics(session: Session, now: float) -> str:
         out.append(f"saia_tokens_total{_labels(service=s, outcome=o, kind='input')} {tin}")
         out.append(f"saia_tokens_total{_labels(service=s, outcome=o, kind='output')} {tout}")
 
-    last = conn.execute("SELECT MAX(started_at) FROM ticks").fetchone()[0]
+    last = named(conn).execute("SELECT MAX(started_at) AS last FROM ticks").fetchone()["last"]
     family("saia_last_tick_age_seconds", "gauge", "Seconds since the last scheduler tick began.")
     if last is not None:
         out.append(f"saia_last_tick_age_seconds {max(0.0, now - float(last)):.3f}")

@@ -18,6 +18,7 @@ from . import figures as F
 from .ledger import drop_month
 from .months import month_of, month_window, next_month
 from .report import month_figures
+from .scan import Progress
 
 
 class PruneError(Exception):
@@ -33,20 +34,22 @@ class PruneResult:
 _DELETABLE = "started_at < ? AND ended_at IS NOT NULL AND ended_at < ?"
 
 
-def prune(engine: Engine, before: str, tz: str, now: float) -> PruneResult:
+def prune(engine: Engine, before: str, tz: str, now: float, progress: Progress | None = None) -> PruneResult:
+    """Roll up and prune every month before ``before``; ``progress`` gets (months done, months)."""
     cut = month_window(before, tz)
     if cut.start > now:
         raise PruneError(f"{before} has not begun yet in {tz}: only past months can be pruned")
     with read_session(engine) as s:
         mark = F.pruned_before(s)
-        first = F.dbapi(s).execute("SELECT MIN(started_at) FROM requests").fetchone()[0]
+        row = F.named(F.dbapi(s)).execute("SELECT MIN(started_at) AS first FROM requests").fetchone()
+        first = row["first"]
     if mark is not None and mark[1] != tz:
         raise PruneError(f"earlier prunes kept months in zone {mark[1]}; prune with --tz {mark[1]}")
     result = PruneResult([], 0)
     if first is None or first >= cut.start:
         return result
-    month = month_of(float(first), tz)
-    while month < cut.month:
+    months = _months_between(month_of(float(first), tz), cut.month)
+    for done, month in enumerate(months, 1):
         w = month_window(month, tz)
         with write_session(engine) as s:
             if not F.has_rollup(s, w):
@@ -54,8 +57,18 @@ def prune(engine: Engine, before: str, tz: str, now: float) -> PruneResult:
                 result.months.append(month)
             drop_month(F.dbapi(s), tz, month)  # its reports come from the rollups now
             result.deleted += _delete(s, w.end, cut.start)
-        month = next_month(month)
+        if progress is not None:
+            progress(done, len(months))
     return result
+
+
+def _months_between(first: str, stop: str) -> list[str]:
+    """The months from ``first`` up to, not including, ``stop``."""
+    out = []
+    while first < stop:
+        out.append(first)
+        first = next_month(first)
+    return out
 
 
 def _delete(session: Session, upto: float, cut: float) -> int:

@@ -16,10 +16,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from . import figures as F
+from .assemble import assemble
 from .figures import ALL, Figures, Usage
 from .gpu import largest_remainder
-from .ledger import assemble
 from .months import Window, iso_utc
+from .scan import Progress
 
 IDLE = ""  # key of the idle share in a service's split (no user id is empty)
 
@@ -47,9 +48,10 @@ def month_figures(
     *,
     all_pairs: bool = False,
     use_ledger: bool = True,
+    progress: Progress | None = None,
 ) -> Figures:
     """The month's figures: from the rollups if the month was rolled up, else from the ledger's
-    folded days and the rows of the rest (``ledger.assemble``)."""
+    folded days and the rows of the rest (``assemble``; ``progress`` follows that scan)."""
     if F.has_rollup(session, window):
         return F.load(session, window)
     mark = F.pruned_before(session)
@@ -60,8 +62,16 @@ def month_figures(
             f"request rows before {iso_utc(mark[0])} were pruned and {window.month} has no rollup "
             f"in zone {window.tz}; pruned months are kept in zone {mark[1]} (use --tz {mark[1]})"
         )
+    conn = F.dbapi(session)
     return assemble(
-        F.dbapi(session), window, now, user=user, service=service, all_pairs=all_pairs, use_ledger=use_ledger
+        conn,
+        window,
+        now,
+        user=user,
+        service=service,
+        all_pairs=all_pairs,
+        use_ledger=use_ledger,
+        progress=progress,
     )
 
 
@@ -245,9 +255,11 @@ def monthly_report(
     by: str | None = None,
     anonymize_home: str | None = None,
     use_ledger: bool = True,
+    progress: Progress | None = None,
 ) -> Report:
     """`saia-ctl report`: the month's report, from the rollups, or the ledger and the rows (one
-    read transaction); ``use_ledger=False`` makes it from the rows alone (a check, a bench)."""
+    read transaction); ``use_ledger=False`` makes it from the rows alone (a check, a bench).
+    ``progress`` follows the scan of the rows (none when the ledger or a rollup answers)."""
     from ..db import read_session
     from .anonymize import load_key, pseudonymizer
     from .months import month_window
@@ -257,6 +269,6 @@ def monthly_report(
     window = month_window(month, tz)
     pseudonym = pseudonymizer(load_key(anonymize_home)) if anonymize_home is not None else None
     with read_session(engine) as s:
-        figs = month_figures(s, window, now, user, service, use_ledger=use_ledger)
-        known = {r[0] for r in F.dbapi(s).execute("SELECT id FROM services")}
+        figs = month_figures(s, window, now, user, service, use_ledger=use_ledger, progress=progress)
+        known = {row["id"] for row in F.named(F.dbapi(s)).execute("SELECT id FROM services")}
     return build(figs, user=user, service=service, by=by, known_services=known, pseudonym=pseudonym)
