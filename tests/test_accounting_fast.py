@@ -1,14 +1,16 @@
-"""The fast report path against straightforward reference computations on random data.
+"""The fast report path against independent reference computations on random data.
 
 Phases of the report were rewritten for speed (SQLite sorts and range counts, a table printer
-that skips tabulate on plain cells), and the GPU sweep is the next candidate. These tests hold
-each to a plain, obviously correct version: the sweep bit for bit (against the event-at-a-time
-loop it must stay identical to), the table byte for byte, and the whole report JSON against
-figures computed row by row in Python.
+that skips tabulate on plain cells, a sweep for the GPU attribution). These tests hold each to
+a plain method that shares no code with it: the attribution to exact rational arithmetic over
+every elementary interval between the requests' and the jobs' starts and ends (per job, and
+for a month of jobs crossing its edges, folded or not), the table byte for byte against
+tabulate, and the whole report JSON against figures computed row by row in Python.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
@@ -16,6 +18,8 @@ import sqlite3
 import string
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import pytest
 from tabulate import tabulate
 
 from saia_ctl.accounting import figures as F
+from saia_ctl.accounting.assemble import assemble
 from saia_ctl.accounting.gpu import (
     JobGPU,
     JobSpan,
@@ -33,98 +38,218 @@ from saia_ctl.accounting.gpu import (
     ready_interval,
     union_length,
 )
+from saia_ctl.accounting.ledger import fold
 from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.render import grid, render
 from saia_ctl.accounting.report import build, monthly_report
-from tests.test_accounting_report import MAY, NOW, Rows, random_month
+from tests.test_accounting_report import JUNE, MAY, NOW, Rows, random_month
 from tests.test_accounting_report import rows as rows  # the fixture
 
 
-def attribute_reference(
+@dataclass
+class Exact:
+    """A job's GPU figures in a window as exact rationals (seconds)."""
+
+    run: Fraction = Fraction(0)
+    gpu: Fraction = Fraction(0)
+    idle: Fraction = Fraction(0)
+    idle_ready: Fraction = Fraction(0)
+    users: dict[str, Fraction] = field(default_factory=dict)
+
+
+def exact_attribution(
     job: JobSpan, requests: Sequence[tuple[float, float | None, str]], lo: float, hi: float, now: float
-) -> JobGPU:
-    """``gpu.attribute`` as first written: one event at a time; a faster sweep must match it."""
-    out = JobGPU()
+) -> Exact:
+    """docs/accounting.md's attribution by brute force, in exact rational arithmetic.
+
+    Cut the job's run time in the window at every request start and end and at the ready
+    bounds: on each elementary interval the set of requests in flight is constant, so its GPU
+    seconds go in equal parts to those requests (and so to their users), or to idle (and to
+    idle-while-ready inside the ready interval). No sweep, no running integral, no tie order:
+    a request is in flight on [start, end) (from the job's start if it waited for it), so it
+    covers exactly the elementary intervals between its start and its end.
+    """
+    q = Fraction
+    out = Exact()
     if job.started_at is None:
         return out
-    run_a, run_b = clip(lo, hi, job.started_at, now if job.ended_at is None else job.ended_at)
+    run_a = max(q(lo), q(job.started_at))
+    run_b = min(q(hi), q(now if job.ended_at is None else job.ended_at))
     if run_b <= run_a:
         return out
-    g = float(job.gpus)
-    out.run_seconds = run_b - run_a
-    out.gpu_seconds = out.run_seconds * g
-    ready = ready_interval(job, now)
-    ready_a, ready_b = clip(run_a, run_b, *ready) if ready else (run_a, run_a)
-    users: list[str] = []
-    starts: list[float] = []
-    ends: list[float] = []
-    for start, end, user in requests:
-        a = max(run_a, start)
-        b = min(run_b, now if end is None else end)
-        if b > a:
-            users.append(user)
-            starts.append(a)
-            ends.append(b)
-    n_req = len(users)
-    times = ends + starts
-    f_at = [0.0] * (2 * n_req)
-    f = 0.0
-    n = 0
-    t_prev = run_a
-    idle = idle_ready = 0.0
-
-    def gap(a: float, b: float) -> None:
-        nonlocal idle, idle_ready
-        idle += b - a
-        ra, rb = max(a, ready_a), min(b, ready_b)
-        if rb > ra:
-            idle_ready += rb - ra
-
-    for k in sorted(range(2 * n_req), key=times.__getitem__):
-        t = times[k]
-        if t > t_prev:
-            if n:
-                f += (t - t_prev) / n
-            else:
-                gap(t_prev, t)
-            t_prev = t
-        f_at[k] = f
-        n += 1 if k >= n_req else -1
-    if run_b > t_prev:
-        gap(t_prev, run_b)
-    shares: dict[str, float] = {}
-    for user, fe, fs in zip(users, f_at[:n_req], f_at[n_req:], strict=True):
-        shares[user] = shares.get(user, 0.0) + (fe - fs)
-    out.idle_gpu_seconds = idle * g
-    out.idle_ready_gpu_seconds = idle_ready * g
-    out.users = {u: v * g for u, v in shares.items()}
+    g = job.gpus
+    out.run = run_b - run_a
+    out.gpu = out.run * g
+    ready: tuple[Fraction, Fraction] | None = None
+    if job.ready_at is not None:  # ready until it drains, else until it ends, else now
+        until = next(t for t in (job.draining_at, job.ended_at, now) if t is not None)
+        ready = (q(job.ready_at), q(until))
+    reqs = [(q(start), q(now if end is None else end), user) for start, end, user in requests]
+    cuts = {run_a, run_b}
+    for t in [x for start, end, _ in reqs for x in (start, end)] + list(ready or ()):
+        if run_a < t < run_b:
+            cuts.add(t)
+    points = sorted(cuts)
+    in_flight: list[list[str]] = [[] for _ in points[1:]]
+    for start, end, user in reqs:  # the elementary intervals each request covers
+        i = bisect.bisect_left(points, max(start, run_a))
+        j = bisect.bisect_left(points, min(end, run_b))
+        for k in range(i, j):
+            in_flight[k].append(user)
+    for k, users in enumerate(in_flight):
+        a, b = points[k], points[k + 1]
+        mid = (a + b) / 2
+        seconds = (b - a) * g
+        if users:
+            for user in users:
+                out.users[user] = out.users.get(user, Fraction(0)) + seconds / len(users)
+        else:
+            out.idle += seconds
+            if ready is not None and ready[0] <= mid < ready[1]:
+                out.idle_ready += seconds
+    assert sum(out.users.values(), Fraction(0)) + out.idle == out.gpu  # the oracle adds up
     return out
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_sweep_is_bit_identical_to_the_event_loop(seed: int) -> None:
-    rng = random.Random(seed)
-    grain = rng.choice([1.0, 0.25, None])  # coarse times make many ties and back-to-back requests
+def attribute_oracle(
+    job: JobSpan, requests: Sequence[tuple[float, float | None, str]], lo: float, hi: float, now: float
+) -> JobGPU:
+    """``exact_attribution`` as floats (nearest), in the shape of ``gpu.attribute``."""
+    e = exact_attribution(job, requests, lo, hi, now)
+    return JobGPU(
+        float(e.run),
+        float(e.gpu),
+        float(e.idle),
+        float(e.idle_ready),
+        {u: float(v) for u, v in e.users.items()},
+    )
+
+
+def share_tolerance(gpu_seconds: float, user_requests: int, event_times: int) -> float:
+    """How far ``attribute``'s float share of a user may be from the exact one.
+
+    The sweep adds ``(t - t_prev) / n`` to a running integral F once per event time: a
+    division and an addition, each rounded by at most half a unit in the last place (ulp) of
+    F, which never exceeds the run time. So F is within ``event_times`` ulps of exact; a share
+    is the sum of one difference of F per request (2 * event_times ulps, plus the rounding of
+    the difference and of the sum), times the GPUs. ``gpu_seconds`` (run time x GPUs) bounds
+    the ulp of every term.
+    """
+    return user_requests * (2 * event_times + 2) * math.ulp(gpu_seconds)
+
+
+ZONES = ["UTC", "Europe/Berlin", "Asia/Kolkata"]
+DAY = 86400.0
+
+
+def random_job_and_requests(
+    rng: random.Random, job_id: int = 1, service: str = "svc"
+) -> tuple[JobSpan, list[tuple[float, float | None, str]]]:
+    """A job around May 2026 (it may start in April, end in June or still run), and requests on
+    it that may start before it (held while it loads), cross the month's edges or stay open."""
+    grain = rng.choice([1.0, 0.25, None])  # coarse times make ties and back-to-back requests
 
     def t(x: float) -> float:
         return x if grain is None else round(x / grain) * grain
 
-    lo, hi = 1000.0, 5000.0
-    start = t(rng.uniform(500, 2000))
-    ended = rng.choice([None, t(rng.uniform(3000, 6000))])
-    ready = rng.choice([None, start + t(rng.uniform(0, 300))])
-    draining = rng.choice([None, t(rng.uniform(3500, 4800))]) if ready else None
-    job = JobSpan(1, "svc", rng.choice([1, 2, 4, 8]), start - 60, start, ready, draining, ended)
+    edge = rng.choice([MAY, JUNE, MAY + DAY * rng.randint(1, 30)])
+    start = t(edge + rng.uniform(-2 * DAY, 2 * DAY))
+    ended = rng.choice([None, t(start + rng.uniform(60, 5 * DAY))])
+    ready = rng.choice([None, t(start + rng.uniform(0, 600))])
+    draining = rng.choice([None, t(start + rng.uniform(600, 4 * DAY))]) if ready else None
+    job = JobSpan(job_id, service, rng.choice([1, 2, 3, 4, 8]), start - 60, start, ready, draining, ended)
     users = [f"u{i}" for i in range(rng.randint(1, 6))]
+    until = start + 5 * DAY if ended is None else ended
     reqs: list[tuple[float, float | None, str]] = []
-    for _ in range(rng.randint(0, 300)):
-        a = t(rng.uniform(0, 6000))
-        b = None if rng.random() < 0.05 else t(a + rng.expovariate(1 / rng.choice([5, 60, 600])))
+    for _ in range(rng.randint(0, 120)):
+        a = t(rng.uniform(start - 3600, until + 3600))
+        mean = rng.choice([5, 60, 600, 4 * 3600])  # some longer than LONG_REQUEST
+        b = None if rng.random() < 0.05 else t(a + rng.expovariate(1 / mean))
         reqs.append((a, b, rng.choice(users)))
-    now = 5500.0
-    fast, ref = attribute(job, reqs, lo, hi, now), attribute_reference(job, reqs, lo, hi, now)
-    assert fast == ref
-    assert list(fast.users) == list(ref.users)
+    return job, reqs
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_attribution_equals_exact_rationals(seed: int) -> None:
+    rng = random.Random(seed)
+    job, reqs = random_job_and_requests(rng)
+    w = month_window("2026-05", ZONES[seed % 3])
+    now = rng.choice([MAY + 20 * DAY + 0.5, JUNE + 10 * DAY])
+    got = attribute(job, reqs, w.start, w.end, now)
+    want = exact_attribution(job, reqs, w.start, w.end, now)
+    # Sums of differences of epoch times: exact in binary floating point.
+    assert (got.run_seconds, got.gpu_seconds) == (want.run, want.gpu)
+    assert (got.idle_gpu_seconds, got.idle_ready_gpu_seconds) == (want.idle, want.idle_ready)
+    assert set(got.users) == set(want.users)
+    events = len({x for a, b, _ in reqs for x in (a, now if b is None else b)}) + 2
+    for user, secs in got.users.items():
+        n = sum(1 for *_, u in reqs if u == user)
+        assert abs(Fraction(secs) - want.users[user]) <= share_tolerance(got.gpu_seconds, n, events), user
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_months_gpu_time_equals_exact_rationals(rows: Rows, home: Path, seed: int) -> None:
+    """Jobs and requests across April, May and June, in the database: May's GPU shares, idle
+    and GPU seconds per service from the rows alone, partly folded and all folded, against
+    the exact attribution of every job."""
+    rng = random.Random(seed)
+    tz = ZONES[seed % 3]
+    w = month_window("2026-05", tz)
+    jobs: list[tuple[JobSpan, list[tuple[float, float | None, str]]]] = []
+    for _ in range(rng.randint(2, 6)):
+        service = rng.choice(["svc-a", "svc-b"])
+        job, reqs = random_job_and_requests(rng, service=service)
+        job_id = rows.job(
+            service, job.started_at, job.ended_at, ready=job.ready_at, draining=job.draining_at,
+            submitted=job.submitted_at, gpus=job.gpus,
+        )  # fmt: skip
+        job = JobSpan(job_id, *astuple(job)[1:])
+        # open requests hold the folding back: keep those of late May only
+        reqs = [(a, b if b is not None or a > MAY + 25 * DAY else a + 30, u) for a, b, u in reqs]
+        for a, b, u in reqs:
+            rows.request(u, service, job_id, a, b)
+        jobs.append((job, reqs))
+    want_shares: dict[str, dict[str, Fraction]] = defaultdict(dict)
+    want_gpu: dict[str, Exact] = defaultdict(Exact)
+    tolerance: dict[tuple[str, str], float] = defaultdict(float)
+    for job, reqs in jobs:
+        e = exact_attribution(job, reqs, w.start, w.end, NOW)
+        if not e.run:
+            continue
+        g = want_gpu[job.service]
+        g.gpu, g.idle, g.idle_ready = g.gpu + e.gpu, g.idle + e.idle, g.idle_ready + e.idle_ready
+        events = len({x for a, b, _ in reqs for x in (a, NOW if b is None else b)}) + 2
+        for u, secs in e.users.items():
+            shares = want_shares[job.service]
+            shares[u] = shares.get(u, Fraction(0)) + secs
+            n = sum(1 for *_, x in reqs if x == u)
+            # a fold attributes each day anew: one bound per day, at most
+            tolerance[(job.service, u)] += share_tolerance(float(e.gpu), n, events) * (len(w.days) + 1)
+
+    def check(figs: F.Figures) -> None:
+        assert figs.gpu_shares.keys() == want_shares.keys()
+        for sv, shares in want_shares.items():
+            assert figs.gpu_shares[sv].keys() == shares.keys()
+            for u, secs in shares.items():
+                assert abs(Fraction(figs.gpu_shares[sv][u]) - secs) <= tolerance[(sv, u)], (sv, u)
+        assert {sv for sv, g in figs.gpu.items() if g.gpu_seconds} == set(want_gpu)
+        for sv, want in want_gpu.items():
+            got = figs.gpu[sv]
+            assert (got.gpu_seconds, got.idle_gpu_seconds, got.idle_ready_gpu_seconds) == (
+                want.gpu,
+                want.idle,
+                want.idle_ready,
+            )
+
+    db = home / "saia.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        check(assemble(conn, w, NOW, use_ledger=False))
+        for fold_now in (MAY + 12.5 * DAY, NOW):
+            assert fold(conn, tz, fold_now).days
+            check(assemble(conn, w, NOW))
+    finally:
+        conn.close()
 
 
 def test_table_printer_matches_tabulate_byte_for_byte() -> None:
@@ -205,7 +330,7 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
     ready: defaultdict[str, list[tuple[float, float]]] = defaultdict(list)
     to_ready: defaultdict[str, list[float]] = defaultdict(list)
     for job in jobs:
-        res = attribute_reference(job, busy[job.id], w.start, w.end, now)
+        res = attribute_oracle(job, busy[job.id], w.start, w.end, now)
         if res.run_seconds <= 0:
             continue
         g = figs.gpu.setdefault(job.service, F.ServiceGPU())
