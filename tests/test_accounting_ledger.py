@@ -337,3 +337,110 @@ def test_the_report_bench_runs_and_both_ways_agree() -> None:
     assert figures["report from the rows alone (no ledger)"]["ok"] is True
     assert figures["report of the current month (a day not folded)"]["value"] > 0
     assert "ledger: folded 58 days" in proc.stdout
+
+
+def increasing_to_the_total(calls: list[tuple[int, int]]) -> None:
+    assert calls, "no progress reported"
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len(set(done)) == len(done)  # strictly increasing
+    assert all(0 < d <= t for d, t in calls)
+    assert calls[-1][0] == calls[-1][1]  # up to the total
+
+
+def test_long_computations_report_their_progress(
+    rows: Rows, engine: Any, home: Path, monkeypatch: Any
+) -> None:
+    from saia_ctl.accounting import scan
+    from saia_ctl.accounting.prune import prune
+
+    closed_month(rows, 27)
+    # a report that scans rows: the ok requests read, in steps
+    monkeypatch.setattr(scan, "_PROGRESS_EVERY", 7)
+    calls: list[tuple[int, int]] = []
+    monthly_report(engine, "2026-05", now=NOW, use_ledger=False, progress=lambda d, t: calls.append((d, t)))
+    increasing_to_the_total(calls)
+    assert len(calls) > 10
+    ok = rows.conn.execute(
+        "SELECT COUNT(*) FROM requests WHERE outcome = 'ok' AND started_at >= ? AND started_at < ?",
+        (MAY, JUNE),
+    ).fetchone()[0]
+    assert calls[-1] == (ok, ok)
+    # the fold: days folded out of the days due
+    calls = []
+    conn = sqlite3.connect(home / "saia.db", isolation_level=None)
+    try:
+        result = L.fold(conn, "UTC", MAY + 20.5 * DAY, progress=lambda d, t: calls.append((d, t)))
+    finally:
+        conn.close()
+    increasing_to_the_total(calls)
+    assert calls[-1][0] == len(result.days) == 50  # April and 20 days of May
+    # the prune: months rolled up and pruned out of the months before the cut
+    calls = []
+    prune(engine, "2026-06", "UTC", NOW, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 2), (2, 2)]
+
+
+def test_the_long_commands_show_a_bar_on_a_terminal_only(
+    rows: Rows, engine: Any, home: Path, monkeypatch: Any
+) -> None:
+    import os
+    import pty
+
+    closed_month(rows, 28)
+    saia = str(Path(sys.executable).parent / "saia-ctl")
+    env = {**os.environ, "SAIA_HOME": str(home), "COLUMNS": "100"}
+    # piped: no bar, neither on stdout nor on stderr
+    piped = subprocess.run(
+        [saia, "report", "--month", "2026-05", "--no-files"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "reading the month's requests" not in piped.stderr + piped.stdout
+    assert "[#" not in piped.stderr + piped.stdout
+    r = cli("db", "ledger")
+    assert r.exit_code == 0 and "folded" in r.stdout
+    assert "folding days" not in r.stdout + r.stderr and "[#" not in r.stdout + r.stderr
+
+    # stderr on a terminal: a bar there (stdout, piped, still gets only the result)
+    def on_a_terminal(*args: str) -> tuple[str, str]:
+        leader, follower = pty.openpty()
+        seen: list[bytes] = []
+
+        def read() -> None:  # as the child writes, so that it never waits for the terminal
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: the terminal's other end is closed
+                    return
+                if not chunk:
+                    return
+                seen.append(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            proc = subprocess.Popen([saia, *args], stdout=subprocess.PIPE, stderr=follower, env=env)
+            os.close(follower)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            reader.join(timeout=30)
+            os.close(leader)
+        err = b"".join(seen).decode(errors="replace")
+        assert proc.returncode == 0, err
+        return out.decode(), err
+
+    rows.conn.execute("DELETE FROM ledger_cursors")
+    for t in L.LEDGER_TABLES:
+        rows.conn.execute(f"DELETE FROM {t}")
+    out, err = on_a_terminal("db", "ledger")
+    assert "folding days into the ledger" in err and "100%" in err
+    assert "folded" in out and "[#" not in out
+    # a zone the ledger does not keep: the report scans the month's rows
+    out, err = on_a_terminal("report", "--month", "2026-05", "--tz", "Asia/Kolkata", "--no-files")
+    assert "reading the month's requests" in err and "[#" not in out
+    out, err = on_a_terminal("db", "prune", "--before", "2026-06")
+    assert "rolling up and pruning months" in err and "100%" in err
+    assert "rolled up: 2026-04, 2026-05" in out

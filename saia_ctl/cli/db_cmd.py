@@ -1,4 +1,6 @@
-"""`saia-ctl db ...`: schema migrations."""
+"""`saia-ctl db ...`: schema migrations, retention (prune) and the accounting ledger.
+
+The long ones (`prune`, `ledger`) show a progress bar on stderr when it is a terminal."""
 
 from __future__ import annotations
 
@@ -62,8 +64,11 @@ def prune(
     import time
 
     from ..accounting.prune import prune as do_prune
+    from .progress import shown
 
-    result = do_prune(common.engine(), before, tz or common.settings().accounting_tz, time.time())
+    zone = tz or common.settings().accounting_tz
+    with shown("rolling up and pruning months") as progress:
+        result = do_prune(common.engine(), before, zone, time.time(), progress=progress)
     rolled = ", ".join(result.months) if result.months else "none"
     common.echo(f"rolled up: {rolled}; deleted {result.deleted} request rows")
 
@@ -82,10 +87,12 @@ def ledger() -> None:
     from ..accounting.ledger import cursor, fold_engine
     from ..accounting.months import iso_utc
     from ..db import read_session
+    from .progress import shown
 
     tz = common.settings().accounting_tz
     engine = common.engine()
-    result = fold_engine(engine, tz, time.time())
+    with shown("folding days into the ledger") as progress:
+        result = fold_engine(engine, tz, time.time(), progress=progress)
     with read_session(engine) as s:
         at = cursor(dbapi(s), tz)
     upto = f"folded up to {iso_utc(at)} ({tz})" if at is not None else "nothing to fold yet"

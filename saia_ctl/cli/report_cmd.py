@@ -63,6 +63,7 @@ def report(
     from ..accounting.months import month_of
     from ..accounting.render import render, write_files
     from ..accounting.report import monthly_report
+    from .progress import progress_bar
 
     now = time.time()
     settings = common.settings()
@@ -71,6 +72,7 @@ def report(
     # A month's report builds millions of small tuples that never form cycles: the cyclic
     # garbage collector only rescans them (~12% of a 1M-request month). One-shot command.
     gc.disable()
+    bar = progress_bar("reading the month's requests")  # drawn only when rows are scanned
     try:
         rep = monthly_report(
             common.engine(),
@@ -81,9 +83,12 @@ def report(
             service=service,
             by=by.value if by else None,
             anonymize_home=settings.home if anonymize else None,
+            progress=bar,
         )
     finally:
         gc.enable()
+        if bar is not None:
+            bar.close()
     for note in rep.notes:
         typer.echo(note, err=True)
     typer.echo(render(rep.data, fmt.value), nl=False)
