@@ -444,3 +444,16 @@ def test_the_long_commands_show_a_bar_on_a_terminal_only(
     out, err = on_a_terminal("db", "prune", "--before", "2026-06")
     assert "rolling up and pruning months" in err and "100%" in err
     assert "rolled up: 2026-04, 2026-05" in out
+
+
+def test_the_counters_and_the_long_request_bound_are_declared_once(rows: Rows) -> None:
+    from saia_ctl.accounting import scan
+    from saia_ctl.accounting.figures import COUNT_FIELDS, Usage
+
+    # every counter of Usage has its SQL, in one order, and a row of counts builds the cell
+    assert tuple(scan.COUNTER_SQL) == COUNT_FIELDS
+    cell = Usage.of_counts(list(range(len(COUNT_FIELDS))))
+    assert [getattr(cell, name) for name in COUNT_FIELDS] == list(range(len(COUNT_FIELDS)))
+    # the scan's long-request terms are the partial index's own, so SQLite uses the index
+    plan = rows.conn.execute("EXPLAIN QUERY PLAN " + scan._BUSY_SQL, (0.0, 1.0, 0.0, 0.0, 0.0)).fetchall()
+    assert any("ix_requests_long" in str(step) for step in plan), plan

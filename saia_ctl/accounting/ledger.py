@@ -290,11 +290,11 @@ def _level_rows(
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         sql = (
-            f"SELECT {column} AS id, durations, ttfbs FROM {table} WHERE tz = ? AND month = ?"
+            f"SELECT {column}, durations, ttfbs FROM {table} WHERE tz = ? AND month = ?"
             f" AND {column} IN ({', '.join('?' * len(chunk))})"
         )
-        for row in named(conn).execute(sql, (*key, *chunk)):
-            old[row["id"]] = (row["durations"], row["ttfbs"])
+        for k, durations, ttfbs in conn.execute(sql, (*key, *chunk)):  # thousands: plain tuples
+            old[k] = (durations, ttfbs)
 
     def merged(blob: bytes, new: list[float]) -> bytes:
         return pack(sorted([*unpack(blob), *new])) if new else blob

@@ -11,6 +11,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from ..models import LONG_OR_OPEN, LONG_REQUEST
 from .figures import COUNT_FIELDS, named
@@ -88,9 +89,12 @@ def jobs_in(conn: sqlite3.Connection, lo: float, hi: float) -> list[JobSpan]:
     return [JobSpan(**row) for row in named(conn).execute(JOBS_SQL, (hi, lo))]
 
 
+_COUNTS = itemgetter(*COUNT_FIELDS)  # by name, in C: thousands of rows per scan
+
+
 def counts_of(row: sqlite3.Row) -> list[int]:
     """A row's counters, in ``COUNT_FIELDS`` order (lists add up fast; ``Usage.of_counts``)."""
-    return [row[name] for name in COUNT_FIELDS]
+    return list(_COUNTS(row))
 
 
 @dataclass
