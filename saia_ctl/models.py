@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from .accounting.figures import LONG_OR_OPEN
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -419,10 +421,8 @@ class LedgerJob(Base):
     idle_ready_gpu_seconds: Mapped[float] = mapped_column(Float)
 
 
-# Requests in flight, or longer than LONG_REQUEST seconds: the few a month's report must find
-# among rows that started before the month; shorter ones it finds by their start time. The
-# accounting scan repeats LONG_OR_OPEN word for word: SQLite uses a partial index only for a
-# query whose WHERE contains the index's condition. (Migration 0002 keeps its own literal.)
-LONG_REQUEST = 3600.0
-LONG_OR_OPEN = f"ended_at IS NULL OR ended_at - started_at > {LONG_REQUEST!r}"
+# Requests in flight, or longer than accounting's LONG_REQUEST: the few a month's report must
+# find among rows that started before the month. The index's condition is the accounting
+# scan's own text (SQLite uses a partial index only for a WHERE that contains its condition).
+# Migration 0002 keeps its own literal.
 Index("ix_requests_long", Request.started_at, sqlite_where=text(LONG_OR_OPEN))

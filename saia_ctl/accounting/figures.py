@@ -18,6 +18,12 @@ from .months import Window
 
 ALL = ""  # the user_id / service_id of "all users" / "all services" rows
 
+# Requests longer than this (seconds), and those still open, are found through the partial
+# index ix_requests_long, whose condition is LONG_OR_OPEN (models.py); shorter ones by their
+# start time, so the scans stay range scans.
+LONG_REQUEST = 3600.0
+LONG_OR_OPEN = f"ended_at IS NULL OR ended_at - started_at > {LONG_REQUEST!r}"
+
 
 @dataclass
 class Usage:
@@ -47,9 +53,9 @@ class Usage:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-# The counters: the fields up to the first percentile. Their order here is the one order of
-# the counter lists, the ledger's columns and the scans' SQL (``scan.COUNTER_SQL``).
-COUNT_FIELDS = tuple(f.name for f in fields(Usage))[:9]
+# The counters: the integer fields (the rest are percentiles). Their order here is the one
+# order of the counter lists, the ledger's columns and the scans' SQL (``scan.COUNTER_SQL``).
+COUNT_FIELDS = tuple(f.name for f in fields(Usage) if f.type == "int")
 USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 

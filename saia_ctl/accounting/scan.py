@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from ..models import LONG_OR_OPEN, LONG_REQUEST
-from .figures import COUNT_FIELDS, named
+from .figures import COUNT_FIELDS, LONG_OR_OPEN, LONG_REQUEST, named
 from .gpu import JobSpan, attribute
 from .months import Window
 
