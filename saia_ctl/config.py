@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .durations import DurationError, parse_duration
+from .errors import SaiaError
 from .models import Service, ServiceState
 
 ID_RE = re.compile(r"^[A-Za-z0-9._+-]{1,256}$")
@@ -83,7 +84,7 @@ OPTIONAL_KEYS: tuple[OptionalKey, ...] = (
 _OPTIONAL = {k.name: k for k in OPTIONAL_KEYS}
 
 
-class ConfigError(ValueError):
+class ConfigError(SaiaError, ValueError):
     """config.json cannot be imported; the message names service and key."""
 
 

@@ -17,10 +17,11 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
+from .errors import SaiaError
 from .settings import Settings
 
 
-class DatabaseError(Exception):
+class DatabaseError(SaiaError):
     """The database cannot be used (missing, not migrated, unreadable)."""
 
 

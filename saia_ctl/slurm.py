@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .durations import DurationError, parse_duration
+from .errors import SaiaError
 
 if TYPE_CHECKING:
     from .settings import Settings
 
 
-class SlurmError(Exception):
+class SlurmError(SaiaError):
     """A Slurm command failed, timed out or answered something we cannot parse."""
 
 

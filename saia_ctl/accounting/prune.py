@@ -14,13 +14,14 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from ..db import read_session, write_session
+from ..errors import SaiaError
 from . import figures as F
 from .ledger import drop_month
 from .months import month_of, month_window, next_month
 from .report import month_figures
 
 
-class PruneError(Exception):
+class PruneError(SaiaError):
     pass
 
 

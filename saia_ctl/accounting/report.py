@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from ..errors import SaiaError
 from . import figures as F
 from .figures import ALL, Figures, Usage
 from .gpu import largest_remainder
@@ -24,7 +25,7 @@ from .months import Window, iso_utc
 IDLE = ""  # key of the idle share in a service's split (no user id is empty)
 
 
-class ReportError(Exception):
+class ReportError(SaiaError):
     """The report cannot be made (e.g. the month's rows were pruned in another zone)."""
 
 

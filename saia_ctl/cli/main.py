@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -53,7 +52,8 @@ for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy
 
 
 def run() -> None:
-    """Console-script entry point."""
-    if os.environ.get("SAIA_DEBUG") != "1":
-        sys.tracebacklimit = 0
-    app()
+    """Console-script entry point: whatever escapes a command is still one line (``common.report_error``)."""
+    try:
+        app()
+    except Exception as exc:
+        sys.exit(common.report_error(exc))
