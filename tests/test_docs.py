@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from saia_ctl.config import OPTIONAL_KEYS
+from saia_ctl.proxy import config as proxy_config
 from saia_ctl.settings import SETTINGS, markdown
 from tests.conftest import REPO
 
@@ -23,6 +24,13 @@ def test_the_settings_table_is_the_registry_cell_for_cell() -> None:
     section = README.split("### Settings", 1)[1].split("\n#", 1)[0]
     table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
     assert table == markdown(), "regenerate with: python -m saia_ctl.settings --markdown"
+
+
+def test_the_proxy_options_table_is_the_declaration_cell_for_cell() -> None:
+    """The README's proxy options are exactly ``python -m saia_ctl.proxy.config --markdown``."""
+    section = README.split("## The cloud proxy", 1)[1].split("\n## ", 1)[0]
+    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+    assert table == proxy_config.markdown(), "regenerate with: python -m saia_ctl.proxy.config --markdown"
 
 
 def test_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
