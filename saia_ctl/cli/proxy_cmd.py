@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..proxy.config import OPTIONS, from_options
+from ..proxy.config import OPTIONS, Option, from_options
 from . import common
 
 INSTALL_HINT = "the proxy needs aiohttp, which this installation lacks: pip install 'saia-ctl[proxy]'"
@@ -40,7 +40,7 @@ def proxy(**values: Any) -> None:
     serve(cfg)
 
 
-def _parameter(o: Any) -> inspect.Parameter:
+def _parameter(o: Option) -> inspect.Parameter:
     typ, default = o.type, o.default
     if o.repeatable:  # typer: a list option, several values per occurrence of the env var
         typ, default = list[str] | None, None
