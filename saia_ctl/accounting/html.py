@@ -18,6 +18,7 @@ PALETTE = (
     "#e6550d", "#31a354", "#756bb1", "#636363",
 )  # fmt: skip
 IDLE_COLOUR = "#c7c7c7"
+NBH = "\u2011"  # non-breaking hyphen
 
 
 def _num(v: float) -> str:
@@ -109,7 +110,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>(none)</p>"
     cols = [column(k) for k in rows[0]]
-    head = "".join(f'<th title="{escape(c.key)}">{escape(c.title)}</th>' for c in cols)
+    # a title wraps at its blanks, not at the hyphen of "GPU-h"
+    head = "".join(f'<th title="{escape(c.key)}">{escape(c.title.replace("-", NBH))}</th>' for c in cols)
     body = "\n".join(
         "<tr>" + "".join(f"<td>{escape(c.human(r.get(c.key)))}</td>" for c in cols) + "</tr>" for r in rows
     )
@@ -127,9 +129,10 @@ STYLE = (
     "h2{margin-top:1.5em}svg{max-width:100%;height:auto;display:block}"
     ".pair{display:flex;flex-wrap:wrap;gap:1em 2em}.chart{flex:1 1 520px;min-width:0;max-width:640px}"
     ".scroll{max-width:100%;overflow-x:auto;margin-bottom:2em}"
-    "table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums}"
-    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-    "td{white-space:nowrap}th{background:#eee}td:first-child,th:first-child{text-align:left}"
+    "table{border-collapse:collapse;font-size:11px;font-variant-numeric:tabular-nums}"
+    "td,th{border:1px solid #ccc;padding:2px 4px;text-align:right}th{background:#eee;font-weight:600}"
+    "td{white-space:nowrap}td:first-child,th:first-child{text-align:left}"
+    "td:first-child{white-space:normal;overflow-wrap:anywhere;min-width:8em;max-width:16em}"
 )
 
 
