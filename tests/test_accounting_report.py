@@ -430,6 +430,8 @@ def test_columns_picks_columns_and_rejects_unknown_keys(rows: Rows) -> None:
     assert headers(r.stdout, "Totals") == ["GPU-hours", "5xx"]
     r = cli("report", "--month", "2026-05", "--no-files", "-f", "markdown", "--columns", "jobs")
     assert r.exit_code == 0 and "| Service   |   Jobs |" in r.stdout and "| User" in r.stdout
+    r = cli("report", "--month", "2026-05", "--no-files", "--user", "user2", "--columns", "jobs")
+    assert r.exit_code == 0 and "Totals\n\n(none of the chosen columns)\n" in r.stdout
     for args, message in (
         (["--columns", "requests,nope"], "unknown column 'nope'; valid: user, service, users,"),
         (["--columns", ","], "no column given; valid: user,"),

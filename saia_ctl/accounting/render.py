@@ -138,11 +138,12 @@ def to_table(
     sections = []
     for name, rows in _sections(data):
         sections.append(("## " if md else "") + name)
-        if rows:
-            shown.update(pick(list(rows[0]), columns, compact=compact))
+        cols = pick(list(rows[0]), columns, compact=compact) if rows else []
+        shown.update(cols)
+        if cols:
             sections.append(human_table(rows, fmt, columns, compact=compact))
         else:
-            sections.append("(none)")
+            sections.append("(none)" if not rows else "(none of the chosen columns)")
     if shown & {"duration_p50_s", "duration_p95_s"}:
         parts.append(LEGEND)
     return "\n\n".join(parts + sections) + "\n"
