@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
+import os
 import random
+import re
 import shutil
 import sqlite3
 from datetime import UTC, datetime
@@ -13,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tabulate import tabulate
 from typer.testing import CliRunner
 
+from saia_ctl.accounting.columns import column
+from saia_ctl.accounting.render import grid
 from saia_ctl.accounting.report import monthly_report
 from saia_ctl.cli.main import app
 from saia_ctl.hotpath.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL
@@ -339,3 +345,134 @@ def test_anonymize_gives_stable_pseudonyms(rows: Rows, engine: Any, home: Path) 
     key.write_text("0" * 64 + "\n")  # another installation: other pseudonyms
     third = cli("report", "--month", "2026-05", "--anonymize", "--format", "json")
     assert json.loads(third.stdout)["users"][0]["user"] != user
+
+
+# --- Output for people: the compact table, --wide, --columns; JSON and CSV unchanged ----------
+
+GOLDEN = Path(__file__).parent / "data" / "report"
+LONG_USER = "firstname.middlename.lastname@department.institute.example.org"
+
+
+def busy_month(rows: Rows) -> None:
+    """random_month plus what a real month has: long user ids, a month-long 8-GPU job and
+    token counts in the hundreds of millions."""
+    random_month(rows, 5, n_requests=300)
+    job = rows.job("svc-a", MAY - 86400, JUNE + 86400, ready=MAY - 86000, gpus=8)
+    for i, user in enumerate((LONG_USER, "a" * 40 + "@example.org", "svc-account-batch-0001")):
+        for k in range(5):
+            start = MAY + 86400 * (3 + 5 * k) + 600 * i
+            rows.request(user, "svc-a", job, start, start + 1800.5 + k, tin=123_456_789, tout=98_765_432)
+
+
+def assert_golden(name: str, text: str) -> None:
+    """``text`` equals tests/data/report/``name`` (a readable diff if not);
+    SAIA_UPDATE_GOLDEN=1 rewrites the file."""
+    path = GOLDEN / name
+    if os.environ.get("SAIA_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    want = path.read_text()
+    if text != want:
+        diff = difflib.unified_diff(want.splitlines(), text.splitlines(), "golden", "got", lineterm="")
+        pytest.fail(f"{name} differs from its golden file:\n" + "\n".join(diff))
+
+
+def headers(table: str, section: str) -> list[str]:
+    """The column titles of one section of the terminal table (split on 2+ blanks)."""
+    lines = table.splitlines()
+    head = lines[lines.index(section) + 2]
+    return [t for t in re.split(r"\s{2,}", head.strip()) if t]
+
+
+def test_default_table_is_compact_with_human_titles_and_fits_120_columns(rows: Rows) -> None:
+    busy_month(rows)
+    r = cli("report", "--month", "2026-05", "--no-files")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120, max(lines, key=len)
+    want = ["Requests", "Errors", "Tokens in", "Tokens out", "p50 (s)", "p95 (s)", "GPU-hours"]
+    assert headers(r.stdout, "Users") == ["User", *want]
+    assert headers(r.stdout, "Services") == ["Service", *want]
+    assert headers(r.stdout, "Totals") == ["Users", "Services", *want]
+    assert "errors_4xx" not in r.stdout and "duration_p50_s" not in r.stdout
+    # a long id keeps its start and end; the others are whole; numbers have separators
+    assert "firstname.midd...example.org " in r.stdout and LONG_USER not in r.stdout
+    assert "svc-account-batch-0001 " in r.stdout and "617,283,945" in r.stdout
+    assert_golden("table.txt", r.stdout)
+
+
+def test_wide_shows_every_column_and_markdown_has_human_titles(rows: Rows, engine: Any) -> None:
+    busy_month(rows)
+    data = report(engine)
+    r = cli("report", "--month", "2026-05", "--no-files", "--wide")
+    assert r.exit_code == 0, r.stderr
+    for section, key in (("Users", "users"), ("Services", "services")):
+        assert headers(r.stdout, section) == [column(k).title for k in data[key][0]]  # same order
+    totals = ["Users", "Services", "Requests", "OK", "Errors", "4xx", "5xx", "Aborted", "In flight"]
+    totals += ["Tokens in", "Tokens out", "p50 (s)", "p95 (s)", "TTFB p50 (s)", "TTFB p95 (s)", "Jobs"]
+    totals += ["Jobs open", "GPU-hours", "Attributed GPU-h", "Idle GPU-h"]
+    assert headers(r.stdout, "Totals") == totals
+    assert sorted(totals) == sorted(column(k).title for k in data["totals"])
+    assert len(headers(r.stdout, "Services")) == 23 and "Attributed GPU-h" in r.stdout
+    assert LONG_USER in r.stdout  # whole ids in the wide table
+    r = cli("report", "--month", "2026-05", "--no-files", "--format", "markdown")
+    assert r.exit_code == 0, r.stderr
+    assert " 4xx |" in r.stdout and " Submit to ready p50 (s) |" in r.stdout
+    assert "errors_4xx" not in r.stdout and LONG_USER in r.stdout
+    assert_golden("report.md", r.stdout)
+
+
+def test_columns_picks_columns_and_rejects_unknown_keys(rows: Rows) -> None:
+    busy_month(rows)
+    r = cli("report", "--month", "2026-05", "--no-files", "--columns", "gpu_hours,errors_5xx")
+    assert r.exit_code == 0, r.stderr
+    assert headers(r.stdout, "Users") == ["User", "GPU-hours", "5xx"]  # the id, then as asked
+    assert headers(r.stdout, "Totals") == ["GPU-hours", "5xx"]
+    r = cli("report", "--month", "2026-05", "--no-files", "-f", "markdown", "--columns", "jobs")
+    assert r.exit_code == 0 and "| Service   |   Jobs |" in r.stdout and "| User" in r.stdout
+    r = cli("report", "--month", "2026-05", "--no-files", "--user", "user2", "--columns", "jobs")
+    assert r.exit_code == 0 and "Totals\n\n(none of the chosen columns)\n" in r.stdout
+    for args, message in (
+        (["--columns", "requests,nope"], "unknown column 'nope'; valid: user, service, users,"),
+        (["--columns", ","], "no column given; valid: user,"),
+        (["--columns", "requests", "--wide"], "--columns and --wide cannot be used together"),
+        (["--columns", "requests", "-f", "json"], "--columns applies to --format table or markdown"),
+        (["--wide", "-f", "csv"], "--wide applies to --format table or markdown"),
+    ):
+        r = cli("report", "--month", "2026-05", "--no-files", *args)
+        assert r.exit_code == 1 and r.stdout == "", args
+        assert r.stderr.startswith("Error: " + message) and r.stderr.count("\n") == 1, r.stderr
+    r = cli("report", "--month", "2026-05", "--no-files", "--columns", "nope")
+    assert "submit_to_ready_median_s" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_and_csv_keep_keys_and_plain_numbers(rows: Rows, tmp_path: Path) -> None:
+    """JSON and CSV are an interface: byte for byte what they were before human titles."""
+    busy_month(rows)
+    r = cli("report", "--month", "2026-05", "--format", "json", "--output", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.stderr
+    assert_golden("report.json", r.stdout)
+    r = cli("report", "--month", "2026-05", "--format", "csv", "--no-files")
+    assert r.exit_code == 0, r.stderr
+    assert_golden("report.csv", r.stdout)
+    for name in ("users.csv", "services.csv", "days.csv", "report.json"):
+        assert_golden(name, (tmp_path / "out" / name).read_text())
+
+
+def test_grid_right_aligns_numbers_as_tabulate_does() -> None:
+    rng = random.Random(12)
+    for _ in range(300):
+        cols = rng.randint(1, 6)
+        right = [rng.random() < 0.6 for _ in range(cols)]
+        heads = ["".join(rng.choice("abc XY-(s)") for _ in range(rng.randint(1, 12))).strip() or "h"]
+        heads += [f"col {i}" for i in range(1, cols)]
+        body = [[f"{rng.randint(0, 10 ** rng.randint(0, 9)):,}" for _ in range(cols)] for _ in range(5)]
+        for fmt in ("simple", "github"):
+            want = tabulate(
+                body,
+                headers=heads,
+                tablefmt=fmt,
+                disable_numparse=True,
+                colalign=["right" if r else "left" for r in right],
+            )
+            assert grid(body, heads, fmt, right) == want

@@ -25,7 +25,7 @@ app = typer.Typer(
     help="Host web services (OpenAI-compatible LLM inference) on Slurm GPU nodes, reached through a "
     "forced SSH command, with per-user and per-service accounting.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
