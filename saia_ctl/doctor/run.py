@@ -1,0 +1,182 @@
+"""All checks in order; each one a line. Checks that need what an earlier one found
+(a usable database, the Slurm commands) are reported as skipped, with the reason."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+from ..install_paths import forced_command_path
+from ..settings import Settings, SettingsError
+from . import account, database, ports, slurm_checks
+from .filesystems import read_mounts
+from .result import CheckResult, failed, passed, skipped
+
+MIN_FREE = 1 << 30  # bytes free beyond the database's size
+FIX_DB_FIRST = "fix the database check above first"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What doctor checks; every default is what the running installation uses."""
+
+    home: str | None = None  # --home; else SAIA_HOME
+    environ: dict[str, str] | None = None  # default: os.environ
+    settings: Callable[[], Settings] | None = None  # default: Settings(home, environ)
+    account_home: str | None = None  # the forced-command account's home; default: this user's
+    shell: str | None = None  # its login shell; default: this user's (password database)
+    authorized_keys: str | None = None  # default: ACCOUNT_HOME/.ssh/authorized_keys
+    forced_command: str | None = None  # default: this installation's cloud_interface.sh
+    shell_threshold: float = account.SHELL_THRESHOLD
+    min_free: int = MIN_FREE
+    mounts_text: str | None = None  # default: /proc/mounts
+
+
+def _timed(func: Callable[[], CheckResult], name: str) -> CheckResult:
+    """Run one check; its time goes into the result, a bug in it becomes a ✗ line."""
+    start = time.monotonic()
+    try:
+        result = func()
+    except Exception as exc:
+        if os.environ.get("SAIA_DEBUG") == "1":
+            raise
+        text = " ".join(str(exc).split()) or exc.__class__.__name__
+        result = failed(
+            name,
+            f"the check itself failed: {exc.__class__.__name__}: {text}",
+            "a bug: run with SAIA_DEBUG=1 for the traceback and report it",
+        )
+    return CheckResult(result.name, result.ok, result.detail, result.fix, round(time.monotonic() - start, 4))
+
+
+def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
+    """Every check, one result each, in order (a generator: print them as they come)."""
+    opts = opts or Options()
+    environ = dict(os.environ if opts.environ is None else opts.environ)
+
+    settings: Settings | None = None
+    settings_error = ""
+    make_settings = opts.settings or (lambda: Settings(home=opts.home, environ=environ))
+    try:
+        settings = make_settings()
+        db_path = settings.db_path
+    except SettingsError as e:
+        settings_error = str(e)
+    if settings is None or settings_error:
+        yield failed(
+            "settings", settings_error, "set SAIA_HOME (or pass --home) and correct $SAIA_HOME/saia.conf"
+        )
+    else:
+        yield passed("settings", f"SAIA_HOME={settings.home}")
+
+    # The database.
+    db_problem: str | None = settings_error and f"no settings: {settings_error}"
+    if settings is not None and not settings_error:
+        reach = _timed(lambda: database.check_reachable(db_path), "database")
+        yield reach
+        db_problem = None if reach.ok else reach.detail
+        busy = min(settings.busy_timeout, 10.0)
+        for name, check in (
+            ("database writable", lambda: database.check_writable(db_path, busy)),
+            ("database migration", lambda: database.check_migration(db_path)),
+        ):
+            if db_problem is not None:
+                yield skipped(name, db_problem, FIX_DB_FIRST)
+                continue
+            result = _timed(check, name)
+            yield result
+            if name == "database migration" and not result.ok:
+                db_problem = result.detail
+        mounts = opts.mounts_text if opts.mounts_text is not None else read_mounts()
+        yield _timed(lambda: _journal(settings, db_path, mounts), "journal mode")
+        yield _timed(lambda: database.check_free_space(db_path, opts.min_free), "free space")
+    else:
+        for name in ("database", "journal mode", "free space"):
+            yield skipped(name, db_problem or "", "fix the settings first")
+
+    # Slurm.
+    slurm_ok = False
+    if settings is not None and not settings_error:
+        commands = _timed(lambda: slurm_checks.check_commands(settings), "slurm commands")
+        yield commands
+        slurm_ok = commands.ok
+        if slurm_ok:
+            yield _timed(lambda: slurm_checks.check_controller(settings), "slurm controller")
+        else:
+            yield skipped("slurm controller", "the Slurm commands are not usable", slurm_checks.FIX_FIND)
+        yield from _batch_scripts(settings, db_path, db_problem, slurm_ok)
+        yield _timed(lambda: _ports(settings, db_path, db_problem), "port range")
+    else:
+        for name in ("slurm commands", "batch scripts", "port range"):
+            yield skipped(name, db_problem or "", "fix the settings first")
+
+    # The forced-command account.
+    user = getpass.getuser()
+    try:
+        entry = pwd.getpwuid(os.getuid())
+        pw_home, pw_shell = entry.pw_dir, entry.pw_shell
+    except KeyError:
+        pw_home, pw_shell = environ.get("HOME", "/"), environ.get("SHELL", "/bin/sh")
+    home = opts.account_home or pw_home
+    shell = opts.shell or pw_shell or "/bin/sh"
+    yield _timed(
+        lambda: account.check_shell_startup(shell, home, user, opts.shell_threshold), "shell start-up"
+    )
+    keys = opts.authorized_keys or os.path.join(home, ".ssh", "authorized_keys")
+    forced = opts.forced_command or str(forced_command_path())
+    saia_home = settings.home if settings is not None else None
+    yield _timed(lambda: account.check_authorized_keys(keys, forced, saia_home), "authorized_keys")
+
+
+def _journal(settings: Settings, db_path: str, mounts: str) -> CheckResult:
+    try:
+        configured = settings.journal_mode
+    except SettingsError as e:
+        return failed("journal mode", str(e), "set SAIA_JOURNAL_MODE=delete in $SAIA_HOME/saia.conf")
+    return database.check_journal_mode(db_path, configured, mounts)
+
+
+def _batch_scripts(
+    settings: Settings, db_path: str, db_problem: str | None, slurm_ok: bool
+) -> Iterator[CheckResult]:
+    if db_problem is not None:
+        yield skipped("batch scripts", f"the enabled services are not known: {db_problem}", FIX_DB_FIRST)
+        return
+    try:
+        services = database.enabled_services(db_path)
+    except Exception as e:  # the migration check passed, so this is unexpected
+        if os.environ.get("SAIA_DEBUG") == "1":
+            raise
+        yield failed("batch scripts", f"cannot read the services: {e}", FIX_DB_FIRST)
+        return
+    if not services:
+        yield failed(
+            "batch scripts", "no enabled service", "import the services: `saia-ctl init config.json`"
+        )
+        return
+    try:
+        port = settings.port_range[0]
+    except SettingsError:
+        port = 61001
+    for service_id, script in services:
+        name = f"batch script {service_id}"
+        if not slurm_ok:
+            exists = "exists" if os.path.isfile(script) else "is missing"
+            yield skipped(name, f"{script} {exists}; sbatch is not usable", slurm_checks.FIX_FIND)
+            continue
+        yield _timed(partial(slurm_checks.check_batch_script, settings, service_id, script, port), name)
+
+
+def _ports(settings: Settings, db_path: str, db_problem: str | None) -> CheckResult:
+    try:
+        port_range = settings.port_range
+    except SettingsError as e:
+        return failed("port range", str(e), "set SAIA_PORT_RANGE=LOW-HIGH in $SAIA_HOME/saia.conf")
+    if db_problem is not None:
+        return ports.check_port_range(port_range, set(), " (live jobs not read: the database is not usable)")
+    return ports.check_port_range(port_range, database.live_ports(db_path))
