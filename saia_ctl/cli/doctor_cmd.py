@@ -38,7 +38,7 @@ def doctor(
         typer.Option(
             "--authorized-keys",
             help="authorized_keys file sshd reads for the forced-command account "
-            "(default: ~/.ssh/authorized_keys of this user).",
+            "(default: .ssh/authorized_keys in the account's home).",
         ),
     ] = None,
     account_home: Annotated[

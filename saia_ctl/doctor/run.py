@@ -75,7 +75,7 @@ def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
         yield passed("settings", f"SAIA_HOME={settings.home}")
 
     # The database.
-    db_problem: str | None = settings_error and f"no settings: {settings_error}"
+    db_problem: str | None = settings_error and "the settings are not usable (see above)"
     if settings is not None and not settings_error:
         reach = _timed(lambda: database.check_reachable(db_path), "database")
         yield reach

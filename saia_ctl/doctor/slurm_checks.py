@@ -55,7 +55,10 @@ def check_commands(settings: Settings) -> CheckResult:
             return failed(name, str(e), FIX_FIND)
         if proc.returncode != 0:
             return failed(
-                name, f"{cmd} --version failed (rc={proc.returncode}): {_first_line(proc.stderr)}", FIX_FIND
+                name,
+                f"{cmd} --version failed (rc={proc.returncode}): {_first_line(proc.stderr)}",
+                "repair the Slurm client installation, and check that SLURM_CONF (or SAIA_SLURM_CONF) "
+                "names a readable slurm.conf",
             )
         versions.add(_first_line(proc.stdout))
     took = time.monotonic() - start
