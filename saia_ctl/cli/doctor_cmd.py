@@ -65,10 +65,10 @@ def doctor(
     failed = [r for r in results if not r.ok]
     if fmt is DoctorFormat.json:
         common.echo(json.dumps([r.as_dict() for r in results], indent=2))
-    else:
-        common.echo(f"{len(results)} checks: {len(results) - len(failed)} {good}, {len(failed)} {bad}")
     if failed:
-        raise typer.Exit(1)
+        common.fail(f"{len(failed)} of {len(results)} checks failed: {', '.join(r.name for r in failed)}")
+    if fmt is DoctorFormat.table:
+        common.echo(f"all {len(results)} checks passed")
 
 
 def register(app: typer.Typer) -> None:
