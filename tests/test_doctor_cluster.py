@@ -332,3 +332,29 @@ def test_bad_settings_are_one_line_each(site: dict[str, Any]) -> None:
     proc = doctor_cli(site, env={"SAIA_PORT_RANGE": "9-1"})
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     assert "✗ port range" in proc.stdout
+
+
+def test_a_bad_setting_is_the_failing_checks_reason(site: dict[str, Any]) -> None:
+    results = check(site, {"SAIA_SLURM_TIMEOUT": "soon", "SAIA_BUSY_TIMEOUT": "x"})
+    assert failing(results) == {
+        "slurm commands",
+        "slurm controller",
+        "batch script doc-svc",
+        "database writable",
+    }
+    assert "SAIA_SLURM_TIMEOUT must be a number" in results["slurm commands"].detail
+    assert "SAIA_BUSY_TIMEOUT must be a number" in results["database writable"].detail
+    assert "saia.conf" in results["slurm commands"].fix
+    assert results["slurm controller"].fix == "fix the slurm commands check above first"
+
+
+def test_no_state_directory(site: dict[str, Any]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SAIA_HOME"}
+    results = list(run_checks(Options(environ=env, account_home=str(site["account"]), shell=BASH)))
+    assert results[0].name == "settings" and not results[0].ok
+    assert results[0].fix == "set SAIA_HOME or pass --home"
+    assert all(
+        r.detail.startswith("skipped:")
+        for r in results[1:]
+        if r.name not in ("shell start-up", "authorized_keys")
+    )

@@ -19,6 +19,8 @@ from .result import CheckResult, failed, passed, skipped
 
 MIN_FREE = 1 << 30  # bytes free beyond the database's size
 FIX_DB_FIRST = "fix the database check above first"
+FIX_SETTING = "correct it in $SAIA_HOME/saia.conf or the environment"
+FIX_SLURM_FIRST = "fix the slurm commands check above first"
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ def _timed(func: Callable[[], CheckResult], name: str) -> CheckResult:
     start = time.monotonic()
     try:
         result = func()
+    except SettingsError as e:  # a setting the check needs has a value that cannot be used
+        result = failed(name, str(e), FIX_SETTING)
     except Exception as exc:
         if os.environ.get("SAIA_DEBUG") == "1":
             raise
@@ -68,9 +72,8 @@ def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
     except SettingsError as e:
         settings_error = str(e)
     if settings is None or settings_error:
-        yield failed(
-            "settings", settings_error, "set SAIA_HOME (or pass --home) and correct $SAIA_HOME/saia.conf"
-        )
+        no_home = settings is None and not (opts.home or environ.get("SAIA_HOME"))
+        yield failed("settings", settings_error, "set SAIA_HOME or pass --home" if no_home else FIX_SETTING)
     else:
         yield passed("settings", f"SAIA_HOME={settings.home}")
 
@@ -80,9 +83,8 @@ def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
         reach = _timed(lambda: database.check_reachable(db_path), "database")
         yield reach
         db_problem = None if reach.ok else reach.detail
-        busy = min(settings.busy_timeout, 10.0)
         for name, check in (
-            ("database writable", lambda: database.check_writable(db_path, busy)),
+            ("database writable", lambda: database.check_writable(db_path, min(settings.busy_timeout, 10.0))),
             ("database migration", lambda: database.check_migration(db_path)),
         ):
             if db_problem is not None:
@@ -108,7 +110,7 @@ def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
         if slurm_ok:
             yield _timed(lambda: slurm_checks.check_controller(settings), "slurm controller")
         else:
-            yield skipped("slurm controller", "the Slurm commands are not usable", slurm_checks.FIX_FIND)
+            yield skipped("slurm controller", "the Slurm commands are not usable", FIX_SLURM_FIRST)
         yield from _batch_scripts(settings, db_path, db_problem, slurm_ok)
         yield _timed(lambda: _ports(settings, db_path, db_problem), "port range")
     else:
@@ -167,7 +169,7 @@ def _batch_scripts(
         name = f"batch script {service_id}"
         if not slurm_ok:
             exists = "exists" if os.path.isfile(script) else "is missing"
-            yield skipped(name, f"{script} {exists}; sbatch is not usable", slurm_checks.FIX_FIND)
+            yield skipped(name, f"{script} {exists}; sbatch is not usable", FIX_SLURM_FIRST)
             continue
         yield _timed(partial(slurm_checks.check_batch_script, settings, service_id, script, port), name)
 
