@@ -269,3 +269,41 @@ def test_test_submit_runs_the_argv_submit_runs_with_test_only(tmp_path: Path) ->
     assert all(a in submitted.split() for a in SUBMIT_ARGS)
     assert f"--chdir={settings.jobs_dir}" in submitted.split()
     assert os.path.basename(submitted.split()[-2]) == "job.sbatch"
+
+
+def test_a_real_wal_file_is_seen_from_its_header(tmp_path: Path) -> None:
+    import sqlite3
+
+    from saia_ctl.doctor.database import check_journal_mode, read_header
+
+    db = tmp_path / "x.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = wal")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    assert header_is_wal(read_header(str(db)))
+    mounts = f"/dev/vda / ext4 rw 0 0\nfiler:/v {os.path.realpath(tmp_path)} nfs rw 0 0\n"
+    r = check_journal_mode(str(db), "delete", mounts)
+    assert not r.ok and "the file's journal mode is wal" in r.detail
+
+
+def test_free_space_below_the_minimum(tmp_path: Path) -> None:
+    from saia_ctl.doctor.database import check_free_space
+
+    assert check_free_space(str(tmp_path / "saia.db"), 1).ok
+    r = check_free_space(str(tmp_path / "saia.db"), 1 << 62)
+    assert not r.ok and "database or disk is full" in r.detail
+
+
+def test_port_range_counts_ports_held_by_live_jobs() -> None:
+    import socket
+
+    from saia_ctl.doctor.ports import check_port_range
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = check_port_range((port, port), {port})
+    assert not r.ok and "1 held by live jobs" in r.detail
+    assert check_port_range((port, port), set()).ok
