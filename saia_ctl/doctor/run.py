@@ -7,7 +7,7 @@ import getpass
 import os
 import pwd
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -62,62 +62,69 @@ def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
     """Every check, one result each, in order (a generator: print them as they come)."""
     opts = opts or Options()
     environ = dict(os.environ if opts.environ is None else opts.environ)
-
-    settings: Settings | None = None
-    settings_error = ""
     make_settings = opts.settings or (lambda: Settings(home=opts.home, environ=environ))
+    settings: Settings | None = None
     try:
         settings = make_settings()
         db_path = settings.db_path
     except SettingsError as e:
-        settings_error = str(e)
-    if settings is None or settings_error:
         no_home = settings is None and not (opts.home or environ.get("SAIA_HOME"))
-        yield failed("settings", settings_error, "set SAIA_HOME or pass --home" if no_home else FIX_SETTING)
+        settings = None
+        yield failed("settings", str(e), "set SAIA_HOME or pass --home" if no_home else FIX_SETTING)
+        reason = "the settings are not usable (see above)"
+        for name in (
+            "database",
+            "journal mode",
+            "free space",
+            "slurm commands",
+            "batch scripts",
+            "port range",
+        ):
+            yield skipped(name, reason, "fix the settings first")
     else:
         yield passed("settings", f"SAIA_HOME={settings.home}")
+        db_problem = yield from _database_checks(settings, db_path, opts)
+        yield from _slurm_checks(settings, db_path, db_problem)
+    yield from _account_checks(opts, environ, settings.home if settings is not None else None)
 
-    # The database.
-    db_problem: str | None = settings_error and "the settings are not usable (see above)"
-    if settings is not None and not settings_error:
-        reach = _timed(lambda: database.check_reachable(db_path), "database")
-        yield reach
-        db_problem = None if reach.ok else reach.detail
-        for name, check in (
-            ("database writable", lambda: database.check_writable(db_path, min(settings.busy_timeout, 10.0))),
-            ("database migration", lambda: database.check_migration(db_path)),
-        ):
-            if db_problem is not None:
-                yield skipped(name, db_problem, FIX_DB_FIRST)
-                continue
-            result = _timed(check, name)
-            yield result
-            if name == "database migration" and not result.ok:
-                db_problem = result.detail
-        mounts = opts.mounts_text if opts.mounts_text is not None else read_mounts()
-        yield _timed(lambda: _journal(settings, db_path, mounts), "journal mode")
-        yield _timed(lambda: database.check_free_space(db_path, opts.min_free), "free space")
+
+def _database_checks(
+    settings: Settings, db_path: str, opts: Options
+) -> Generator[CheckResult, None, str | None]:
+    """The database's checks; returns why the database cannot be used (None when it can)."""
+    reach = _timed(lambda: database.check_reachable(db_path), "database")
+    yield reach
+    problem = None if reach.ok else reach.detail
+    if problem is not None:
+        yield skipped("database writable", problem, FIX_DB_FIRST)
+        yield skipped("database migration", problem, FIX_DB_FIRST)
     else:
-        for name in ("database", "journal mode", "free space"):
-            yield skipped(name, db_problem or "", "fix the settings first")
+        yield _timed(
+            lambda: database.check_writable(db_path, min(settings.busy_timeout, 10.0)), "database writable"
+        )
+        migration = _timed(lambda: database.check_migration(db_path), "database migration")
+        yield migration
+        problem = None if migration.ok else migration.detail
+    mounts = opts.mounts_text if opts.mounts_text is not None else read_mounts()
+    yield _timed(lambda: _journal(settings, db_path, mounts), "journal mode")
+    yield _timed(lambda: database.check_free_space(db_path, opts.min_free), "free space")
+    return problem
 
-    # Slurm.
-    slurm_ok = False
-    if settings is not None and not settings_error:
-        commands = _timed(lambda: slurm_checks.check_commands(settings), "slurm commands")
-        yield commands
-        slurm_ok = commands.ok
-        if slurm_ok:
-            yield _timed(lambda: slurm_checks.check_controller(settings), "slurm controller")
-        else:
-            yield skipped("slurm controller", "the Slurm commands are not usable", FIX_SLURM_FIRST)
-        yield from _batch_scripts(settings, db_path, db_problem, slurm_ok)
-        yield _timed(lambda: _ports(settings, db_path, db_problem), "port range")
+
+def _slurm_checks(settings: Settings, db_path: str, db_problem: str | None) -> Iterator[CheckResult]:
+    commands = _timed(lambda: slurm_checks.check_commands(settings), "slurm commands")
+    yield commands
+    if commands.ok:
+        yield _timed(lambda: slurm_checks.check_controller(settings), "slurm controller")
     else:
-        for name in ("slurm commands", "batch scripts", "port range"):
-            yield skipped(name, db_problem or "", "fix the settings first")
+        yield skipped("slurm controller", "the Slurm commands are not usable", FIX_SLURM_FIRST)
+    yield from _batch_scripts(settings, db_path, db_problem, commands.ok)
+    yield _timed(lambda: _ports(settings, db_path, db_problem), "port range")
 
-    # The forced-command account.
+
+def _account_checks(opts: Options, environ: dict[str, str], saia_home: str | None) -> Iterator[CheckResult]:
+    """The forced-command account: by default this user, as the password database has it
+    (sshd uses that home and shell, whatever $HOME and $SHELL say)."""
     user = getpass.getuser()
     try:
         entry = pwd.getpwuid(os.getuid())
@@ -131,7 +138,6 @@ def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
     )
     keys = opts.authorized_keys or os.path.join(home, ".ssh", "authorized_keys")
     forced = opts.forced_command or str(forced_command_path())
-    saia_home = settings.home if settings is not None else None
     yield _timed(lambda: account.check_authorized_keys(keys, forced, saia_home), "authorized_keys")
 
 
