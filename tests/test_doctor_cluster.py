@@ -358,3 +358,18 @@ def test_no_state_directory(site: dict[str, Any]) -> None:
         for r in results[1:]
         if r.name not in ("shell start-up", "authorized_keys")
     )
+
+
+def test_the_line_doctor_accepts_works_through_the_real_sshd(site: dict[str, Any], cluster: Any) -> None:
+    """The authorized_keys line doctor passes is one the real sshd runs: our forced command
+    answers (a request that is not one gets the handler's HTTP 400, not a shell)."""
+    key = cluster.add_forced_key(f"SAIA_HOME={site['home']} {forced_command_path()}")
+    results = check(site, authorized_keys=str(cluster.authorized_keys))
+    assert results["authorized_keys"].ok, results["authorized_keys"].detail
+    proc = subprocess.run(
+        [*cluster.ssh_argv(key), "echo not-a-request"],
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout.startswith(b"HTTP/1.1 400"), (proc.stdout[:200], proc.stderr[-300:])

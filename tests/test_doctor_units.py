@@ -307,3 +307,16 @@ def test_port_range_counts_ports_held_by_live_jobs() -> None:
     r = check_port_range((port, port), {port})
     assert not r.ok and "1 held by live jobs" in r.detail
     assert check_port_range((port, port), set()).ok
+
+
+def test_authorized_keys_leaves_other_installations_alone_unless_unrestricted(tmp_path: Path) -> None:
+    fc = "/opt/saia/bin/cloud_interface.sh"
+    other = 'restrict,command="SAIA_HOME=/test-state /opt/test/bin/cloud_interface.sh" ssh-ed25519 CCCC'
+    ours = f'restrict,command="SAIA_HOME=/state {fc}" ssh-ed25519 BBBB'
+    r = check_authorized_keys(_keys(tmp_path, other, ours), fc, "/state")
+    assert r.ok, r.detail
+    assert "line 2" in r.detail and "1 line(s) of other state directories" in r.detail
+    r = check_authorized_keys(_keys(tmp_path, other.removeprefix("restrict,"), ours), fc, "/state")
+    assert not r.ok and "line 1: neither restrict" in r.detail
+    r = check_authorized_keys(_keys(tmp_path, other), fc, "/state")
+    assert not r.ok and "no line runs it with SAIA_HOME=/state" in r.detail and "/test-state" in r.detail

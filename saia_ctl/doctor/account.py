@@ -286,7 +286,13 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def check_authorized_keys(path: str, forced_command: str, saia_home: str | None) -> CheckResult:
-    """A line of ``path`` runs this installation's forced command, restricted, with its SAIA_HOME."""
+    """A line of ``path`` runs this installation's forced command, restricted, with its SAIA_HOME.
+
+    Every line that runs a ``cloud_interface.sh`` must be restricted. Lines whose
+    SAIA_HOME is another state directory belong to another installation and are
+    left alone; a line of this one (its SAIA_HOME, or any when it is not known)
+    must run this installation's command.
+    """
     name = "authorized_keys"
     example = (
         f'restrict,command="SAIA_HOME={saia_home or "/path/to/state"} {forced_command}" ssh-ed25519 AAAA... '
@@ -300,7 +306,7 @@ def check_authorized_keys(path: str, forced_command: str, saia_home: str | None)
         return failed(
             name, f"cannot read {path}: {e.strerror}", "pass the file sshd reads with --authorized-keys"
         )
-    ours = []
+    candidates = []
     broken = []
     for line in parse_authorized_keys(text):
         if isinstance(line, KeyLineError):
@@ -308,27 +314,37 @@ def check_authorized_keys(path: str, forced_command: str, saia_home: str | None)
             continue
         command = line.option("command")
         if command is not None and "cloud_interface.sh" in command:
-            ours.append((line, command))
-    if not ours:
+            candidates.append((line, command))
+    if not candidates:
         seen = f" ({'; '.join(broken)})" if broken else ""
         return failed(name, f"no line of {path} runs cloud_interface.sh{seen}", f"add a line: {example}")
-    problems = []
-    for line, command in ours:
+    problems: list[str] = []
+    ours: list[int] = []
+    others: list[str] = []
+    for line, command in candidates:
         where = f"line {line.number}"
         restricted, why = is_restricted(line)
         if not restricted:
             problems.append(f"{where}: {why}")
         env, program = command_parts(command)
+        home = env.get("SAIA_HOME")
         if program is None:
             problems.append(f"{where}: cannot read the command {command!r}")
-        elif not _same_file(program, forced_command):
-            problems.append(f"{where}: runs {program}, not this installation's {forced_command}")
-        home = env.get("SAIA_HOME")
+            continue
         if home is None:
             problems.append(f"{where}: the command sets no SAIA_HOME")
-        elif saia_home is not None and not _same_file(home, saia_home):
-            problems.append(f"{where}: SAIA_HOME={home}, not this installation's {saia_home}")
+            continue
+        if saia_home is not None and not _same_file(home, saia_home):
+            others.append(f"{where} runs {program} with SAIA_HOME={home}")
+            continue
+        ours.append(line.number)
+        if not _same_file(program, forced_command):
+            problems.append(f"{where}: runs {program}, not this installation's {forced_command}")
+    if not ours:
+        seen = f" ({'; '.join(others)})" if others else ""
+        problems.append(f"no line runs it with SAIA_HOME={saia_home}{seen}")
     if problems:
         return failed(name, f"{path}: " + "; ".join(problems), f"make the line: {example}")
-    numbers = ", ".join(str(line.number) for line, _ in ours)
-    return passed(name, f"{path} line {numbers}: restricted, runs {forced_command}")
+    numbers = ", ".join(str(n) for n in ours)
+    other = f"; {len(others)} line(s) of other state directories" if others else ""
+    return passed(name, f"{path} line {numbers}: restricted, runs {forced_command}{other}")
