@@ -10,6 +10,7 @@ import typer
 from . import (
     common,
     db_cmd,
+    doctor_cmd,
     init_cmd,
     jobs_cmd,
     metrics_cmd,
@@ -23,7 +24,8 @@ from . import (
 app = typer.Typer(
     name="saia-ctl",
     help="Host web services (OpenAI-compatible LLM inference) on Slurm GPU nodes, reached through a "
-    "forced SSH command, with per-user and per-service accounting.",
+    "forced SSH command, with per-user and per-service accounting. Check an installation with "
+    "`saia-ctl doctor`.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -49,6 +51,7 @@ app.add_typer(services_cmd.app, name="services")
 # The scheduler, accounting and proxy command groups.
 for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd):
     _module.register(app)
+doctor_cmd.register(app)
 
 
 def run() -> None:

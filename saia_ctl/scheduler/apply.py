@@ -222,6 +222,20 @@ class Outcomes:
 SUBMIT_ARGS = ("--no-requeue",)
 
 
+@dataclass(frozen=True)
+class SubmitPlace:
+    """Where a backend job runs and writes its output, and the options it is submitted
+    with: one declaration for the tick and for `saia-ctl doctor`'s ``sbatch --test-only``."""
+
+    workdir: str
+    output: str
+    extra_args: tuple[str, ...] = SUBMIT_ARGS
+
+
+def submit_place(settings: Settings) -> SubmitPlace:
+    return SubmitPlace(workdir=settings.jobs_dir, output=f"{settings.jobs_dir}/%x-%j.out")
+
+
 def call_slurm(
     engine: Engine,
     slurm: SlurmClient,
@@ -246,6 +260,7 @@ def call_slurm(
             out.cancelled.append(c)
     if new_jobs:
         os.makedirs(settings.jobs_dir, exist_ok=True)
+    place = submit_place(settings)
     for job in new_jobs:
         if time.monotonic() >= deadline:
             out.not_submitted.append(job)
@@ -256,11 +271,11 @@ def call_slurm(
                 name=job.name,
                 port=job.port,
                 env={"SAIA_API_KEY": job.secret, "SAIA_PORT": str(job.port), "SAIA_SBATCH": job.sbatch},
-                workdir=settings.jobs_dir,
-                output=f"{settings.jobs_dir}/%x-%j.out",
+                workdir=place.workdir,
+                output=place.output,
                 # A job lost with its node must end, not wait ~2 min in the queue
                 # for its requeue (BeginTime): the next tick submits a fresh one.
-                extra_args=SUBMIT_ARGS,
+                extra_args=place.extra_args,
             )
         except SlurmError as e:
             out.submit_failed.append((job, str(e)))
