@@ -36,7 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from common import Figure, json_line  # noqa: E402
 
-from tests.data.wire.routekit import CLOUD_INTERFACE, Backend, add_job, chat_body, command  # noqa: E402
+from tests.support.backend import BackendProcess  # noqa: E402
+from tests.support.paths import CLOUD_INTERFACE  # noqa: E402
+from tests.support.wire import add_job, chat_body, command  # noqa: E402
 
 
 def busy_seconds() -> float:
@@ -117,7 +119,7 @@ def main() -> None:
     plain_tmp = tempfile.mkdtemp(prefix="sb", dir="/tmp")
     fwd_tmp = tempfile.mkdtemp(prefix="sf", dir="/tmp")
     fwd_proc = None
-    backend = Backend()
+    backend = BackendProcess()
     try:
         setup(home)
         if args.forwarder:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_accounting_report import Rows, cli, random_month
-from tests.test_accounting_report import rows as rows
+from tests.support.accounting import Rows, cli, random_month
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

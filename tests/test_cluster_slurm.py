@@ -12,7 +12,7 @@ import pytest
 
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import RealSlurm, SlurmError, SlurmJob
-from tests.cluster_fixture import Cluster
+from tests.support.cluster import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "sbatch" / "test-llm.sbatch")

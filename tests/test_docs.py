@@ -6,7 +6,7 @@ import re
 
 from saia_ctl.config import OPTIONAL_KEYS
 from saia_ctl.settings import SETTINGS
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 README = (REPO / "README.md").read_text()
 

@@ -30,8 +30,8 @@ import pytest
 
 from saia_ctl.proxy.config import ProxyConfig
 from saia_ctl.proxy.server import Proxy, running_in_thread
-from tests.conftest import service_config
-from tests.netkit import free_port as _free_port
+from tests.support.fixtures import service_config
+from tests.support.net import free_port as _free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ from saia_ctl.scheduler.names import name_prefix
 from saia_ctl.scheduler.tick import TickResult, make_slurm, run_tick
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import SlurmClient, SlurmError
-from tests.conftest import REPO, service_config
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.cluster
 BACKEND = REPO / "tests" / "data" / "scheduler_backend.sbatch"

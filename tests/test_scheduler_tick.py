@@ -25,7 +25,8 @@ from saia_ctl.scheduler.views import ProbeResult
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import SlurmJob
 from saia_ctl.slurm_fake import FakeSlurm
-from tests.conftest import REPO, Clock, service_config
+from tests.support.fixtures import Clock, service_config
+from tests.support.paths import REPO
 
 SBATCH = str(REPO / "tests" / "data" / "scheduler_backend.sbatch")
 HOST = "test-host"

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixture import Cluster
-from tests.conftest import REPO, service_config
-from tests.faultkit import Backend, add_ready_job, assert_error_answer, parse_http, request_rows
-from tests.netkit import free_port, wait_port
+from tests.support.backend import FakeBackend
+from tests.support.cluster import Cluster
+from tests.support.fixtures import service_config
+from tests.support.net import free_port, wait_port
+from tests.support.paths import REPO
+from tests.support.wire import add_ready_job, assert_error_answer, parse_http, request_rows
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -41,8 +43,8 @@ def key(cluster: Cluster, home: Path, import_services: Callable[..., None]) -> P
 
 
 @pytest.fixture
-def target() -> Iterator[Backend]:
-    with Backend("ok") as b:
+def target() -> Iterator[FakeBackend]:
+    with FakeBackend("ok") as b:
         yield b
 
 
@@ -60,7 +62,7 @@ def background() -> Iterator[list[subprocess.Popen[bytes]]]:
             p.wait()
 
 
-def test_the_key_serves_requests(cluster: Cluster, key: Path, home: Path, target: Backend) -> None:
+def test_the_key_serves_requests(cluster: Cluster, key: Path, home: Path, target: FakeBackend) -> None:
     add_ready_job(home, SERVICE, target.port)
     cmd = f'inf-ok-1\njdoe@uni-x.de\n{SERVICE}\n/v1/chat/completions\n -X POST -H "content-type: application/json" -d {{}}'
     r = run([*cluster.ssh_argv(key), cmd])
@@ -87,7 +89,7 @@ def test_a_pty_is_refused(cluster: Cluster, key: Path) -> None:
 
 
 def test_local_forwarding_is_refused(
-    cluster: Cluster, key: Path, target: Backend, background: list[subprocess.Popen[bytes]]
+    cluster: Cluster, key: Path, target: FakeBackend, background: list[subprocess.Popen[bytes]]
 ) -> None:
     lport = free_port()
     p = subprocess.Popen(
@@ -119,7 +121,7 @@ def test_remote_forwarding_is_refused(cluster: Cluster, key: Path) -> None:
 
 
 def test_dynamic_forwarding_is_refused(
-    cluster: Cluster, key: Path, target: Backend, background: list[subprocess.Popen[bytes]]
+    cluster: Cluster, key: Path, target: FakeBackend, background: list[subprocess.Popen[bytes]]
 ) -> None:
     dport = free_port()
     p = subprocess.Popen(cluster.ssh_argv(key, "-N", "-D", f"127.0.0.1:{dport}"), stderr=subprocess.PIPE)
@@ -137,7 +139,7 @@ def test_dynamic_forwarding_is_refused(
     assert target.connections == 0
 
 
-def test_stdio_forwarding_is_refused(cluster: Cluster, key: Path, target: Backend) -> None:
+def test_stdio_forwarding_is_refused(cluster: Cluster, key: Path, target: FakeBackend) -> None:
     r = run(cluster.ssh_argv(key, "-W", f"127.0.0.1:{target.port}"))
     assert r.returncode == 255 and b"stdio forwarding failed" in r.stderr
     assert target.connections == 0
@@ -149,7 +151,7 @@ def test_agent_and_x11_are_not_forwarded_to_the_handler(
     """While a request runs, the handler's own environment has no agent socket and no DISPLAY."""
     import os
 
-    with Backend("stream", delay=0.4, events=8) as slow:
+    with FakeBackend("stream", delay=0.4, events=8) as slow:
         add_ready_job(home, SERVICE, slow.port)
         sock = tmp_path / "agent.sock"
         agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixture import Cluster
-from tests.netkit import free_port, wait_port
+from tests.support.cluster import Cluster
+from tests.support.net import free_port, wait_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
