@@ -312,9 +312,8 @@ def test_keep_alive_and_status_through_ssh(cluster: Any, world: dict[str, Any]) 
     doc = json.loads(r.stdout)
     [svc] = [s for s in doc["services"] if s["id"] == SERVICE]
     assert svc["state"] == "ready" and svc["ready"] >= 1
-    t = time.monotonic()
-    r = ssh(cluster, world, b"keep-alive")
-    assert r.stdout == b"OK\n" and time.monotonic() - t < 5
+    r = ssh(cluster, world, b"keep-alive")  # bench/request_path.py times it
+    assert r.stdout == b"OK\n"
     r = ssh(cluster, world, b"id\nuser\nsvc\n/../x\n -X GET -d ")
     assert parse_as_proxy(r.stdout)[0] == 400
 
