@@ -33,6 +33,7 @@ BACKEND = REPO / "tests" / "data" / "scheduler_backend.sbatch"
 def real(cluster: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """Settings, engine and the real Slurm client of a test home; cancels its jobs at the end."""
     monkeypatch.setenv("SAIA_TEST_PYTHON", sys.executable)
+    monkeypatch.setenv("SAIA_TEST_BACKEND", str(REPO / "tests" / "support" / "backend.py"))  # for copies
     monkeypatch.setenv("SLURM_CONF", cluster.slurm_conf)
     settings = Settings(home=str(home))
     slurm = make_slurm(settings)

@@ -1,8 +1,12 @@
 """The one fake backend of the tests and benches: an OpenAI-like HTTP server on
 127.0.0.1 that can also misbehave on purpose.
 
-Stdlib only, so it also runs as a process: ``python backend.py PORT [SECRET]
-[MODE]`` prints ``ready`` once listening (secret also from ``SAIA_API_KEY``).
+Stdlib only, so it also runs as a process (and as a Slurm job, see
+``tests/data/scheduler_backend.sbatch``): ``python backend.py PORT [SECRET]
+[MODE]`` listens on every address and prints ``ready`` once listening (secret
+also from ``SAIA_API_KEY``); it waits ``SAIA_TEST_START_DELAY`` seconds before
+listening, and with ``SAIA_TEST_LISTEN_DIR`` writes there, in
+``<SLURM_JOB_ID>.listen``, the time it started listening.
 In a test, ``FakeBackend`` runs it in a thread and keeps every request it
 received (raw head and body), ``BackendProcess`` runs it as a child process
 (for benches, where the backend must not share the measured process's CPU).
@@ -170,6 +174,7 @@ class FakeBackend:
         delay: float = 0.05,
         events: int = 5,
         port: int = 0,
+        host: str = "127.0.0.1",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
@@ -183,7 +188,7 @@ class FakeBackend:
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", port))
+        self._sock.bind((host, port))
         self._sock.listen(128)
         self._sock.settimeout(0.2)
         self.port: int = self._sock.getsockname()[1]
@@ -432,7 +437,12 @@ def main(argv: list[str]) -> None:
     port = int(argv[1])
     secret = argv[2] if len(argv) > 2 else os.environ.get("SAIA_API_KEY", "")
     mode = argv[3] if len(argv) > 3 else "routes"
-    server = FakeBackend(mode, secret=secret, port=port)
+    time.sleep(float(os.environ.get("SAIA_TEST_START_DELAY") or 0))
+    server = FakeBackend(mode, secret=secret, port=port, host="0.0.0.0")
+    listen_dir = os.environ.get("SAIA_TEST_LISTEN_DIR")
+    if listen_dir:  # when it started answering, for detection-delay figures
+        marker = Path(listen_dir) / (os.environ.get("SLURM_JOB_ID", "x") + ".listen")
+        marker.write_text(repr(time.time()))
     print("ready", flush=True)
     server.serve_forever()
 
