@@ -90,20 +90,41 @@ def test_backend_process_streams_a_chat() -> None:
     assert b'"completion_tokens": 3' in payload and b"data: [DONE]" in payload
 
 
-def test_a_failed_cluster_start_carries_the_daemon_log(tmp_path: Path) -> None:
-    """The error names what the daemon said, read before the folder is deleted."""
+def failing_dev_cluster(tmp_path: Path, body: str) -> Path:
+    """A stand-in for ``dev-cluster.sh``: ``up`` runs ``body`` (DIR is $2), ``down`` removes DIR."""
     script = tmp_path / "dev-cluster.sh"
-    script.write_text(
-        "#!/bin/bash\n"
-        '[[ $1 == up ]] || exit 0\nmkdir -p "$2/ssh"\n'
-        'echo "sshd: error: Bind to port 2222 on 127.0.0.1 failed: Address already in use." > "$2/ssh/sshd.log"\n'
-        'echo "dev-cluster: timeout after 15s waiting for: ssh to the forced command (see $2/ssh/sshd.log)" >&2\n'
-        "exit 1\n"
-    )
+    script.write_text(f'#!/bin/bash\n[[ $1 == up ]] || {{ rm -rf "$2"; exit 0; }}\n{body}\nexit 1\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def test_a_failed_cluster_start_carries_the_daemon_log(tmp_path: Path) -> None:
+    """The error carries the log the script names, read before ``down`` deletes the folder."""
+    script = failing_dev_cluster(
+        tmp_path,
+        'mkdir -p "$2/ssh"\n'
+        'echo "sshd: error: Bind to port 2222 on 127.0.0.1 failed: Address already in use." > "$2/ssh/sshd.log"\n'
+        'echo "dev-cluster: timeout after 15s waiting for: ssh to the forced command (see $2/ssh/sshd.log)" >&2',
+    )
     folder = tmp_path / "cluster"
     with pytest.raises(RuntimeError) as err:
         start_cluster(folder, script=script)
     message = str(err.value)
+    assert not folder.exists()
     assert "waiting for: ssh to the forced command" in message
     assert "ssh/sshd.log" in message and "Address already in use" in message
+
+
+def test_without_a_named_log_every_daemon_log_is_shown(tmp_path: Path) -> None:
+    script = failing_dev_cluster(
+        tmp_path,
+        'mkdir -p "$2/log" "$2/munge"\n'
+        'echo "fatal: Unable to bind listen port (6817): Address already in use" > "$2/log/slurmctld.log"\n'
+        'echo "munged started" > "$2/munge/munged.log"\n'
+        'echo "dev-cluster: slurmctld did not start" >&2',
+    )
+    with pytest.raises(RuntimeError) as err:
+        start_cluster(tmp_path / "cluster", script=script)
+    message = str(err.value)
+    assert "log/slurmctld.log" in message and "Unable to bind listen port (6817)" in message
+    assert "munge/munged.log" in message and "munged started" in message
