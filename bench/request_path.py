@@ -36,7 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from common import Figure, json_line  # noqa: E402
 
-from tests.data.wire.routekit import CLOUD_INTERFACE, Backend, add_job, chat_body, command  # noqa: E402
+from tests.support.backend import BackendProcess  # noqa: E402
+from tests.support.paths import CLOUD_INTERFACE  # noqa: E402
+from tests.support.wire import add_job, chat_body, command  # noqa: E402
 
 
 def busy_seconds() -> float:
@@ -117,7 +119,7 @@ def main() -> None:
     plain_tmp = tempfile.mkdtemp(prefix="sb", dir="/tmp")
     fwd_tmp = tempfile.mkdtemp(prefix="sf", dir="/tmp")
     fwd_proc = None
-    backend = Backend()
+    backend = BackendProcess()
     try:
         setup(home)
         if args.forwarder:
@@ -244,6 +246,20 @@ def main() -> None:
                 "SELECT inference_id, outcome, status, error FROM requests WHERE outcome IS NOT 'ok' LIMIT 5"
             ).fetchall()
         print(f"rows recorded: {n}, ok: {ok}" + (f"; not ok: {bad}" if bad else ""))
+        keep_alive = []
+        for _ in range(10):
+            t = time.perf_counter()
+            r = subprocess.run(
+                [str(CLOUD_INTERFACE)],
+                env=dict(base_env, SSH_ORIGINAL_COMMAND="keep-alive"),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
+            keep_alive.append(time.perf_counter() - t)
+            if r.stdout != b"OK\n":
+                raise SystemExit(f"bad keep-alive answer: {r.stdout[:200]!r} {r.stderr[:300]!r}")
+        ka_ms = statistics.median(keep_alive) * 1000
+        print(f"keep-alive: median {ka_ms:.1f} ms wall (goal < 1000 ms)")
         if args.json:
             kind = "streaming" if args.stream else "non-streaming"
             over = statistics.median(x[0] for x in summary)
@@ -274,6 +290,14 @@ def main() -> None:
                             baseline=round(statistics.median(x[5] for x in summary), 2),
                             goal="< 40 ms",
                             ok=our_cpu < 40,
+                        ),
+                        Figure(
+                            "request_path",
+                            "keep-alive, median (wall)",
+                            round(ka_ms, 1),
+                            "ms",
+                            goal="< 1000 ms",
+                            ok=ka_ms < 1000,
                         ),
                         Figure(
                             "request_path",

@@ -153,7 +153,7 @@ EOF
     chmod 755 "$S/forced.sh.tmp"
     mv "$S/forced.sh.tmp" "$S/forced.sh"
   fi
-  # The default key's line; tests append their own keys (tests/cluster_fixture.py).
+  # The default key's line; tests append their own keys (tests/support/cluster.py).
   local line
   line="restrict,command=\"$S/forced.sh\" $(cat "$S/client_key.pub")"
   touch "$S/authorized_keys"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_accounting_report import Rows, busy_month, cli
-from tests.test_accounting_report import rows as rows
+from tests.support.accounting import Rows, busy_month, cli
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

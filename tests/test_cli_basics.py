@@ -11,7 +11,7 @@ import typer
 from typer.main import get_command
 
 from saia_ctl.cli.main import app
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 BIN = REPO / ".venv" / "bin"
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixture import DEV_CLUSTER, Cluster, start_cluster
+from tests.support.cluster import Cluster, start_cluster
+from tests.support.paths import DEV_CLUSTER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 

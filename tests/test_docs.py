@@ -7,7 +7,7 @@ import re
 from saia_ctl.config import OPTIONAL_KEYS
 from saia_ctl.proxy import config as proxy_config
 from saia_ctl.settings import SETTINGS, markdown
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 README = (REPO / "README.md").read_text()
 

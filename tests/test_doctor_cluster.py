@@ -18,7 +18,8 @@ from saia_ctl.install_paths import forced_command_path
 from saia_ctl.migrate import downgrade
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import RealSlurm
-from tests.conftest import REPO, service_config
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.cluster
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")

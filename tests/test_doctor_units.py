@@ -23,7 +23,7 @@ from saia_ctl.install_paths import forced_command_path
 from saia_ctl.scheduler.apply import SUBMIT_ARGS, submit_place
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import RealSlurm
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 MOUNTS = """\
 /dev/vda / ext4 rw,relatime 0 0

@@ -30,18 +30,12 @@ from typing import Any
 import pytest
 
 from saia_ctl.forwarder import answers, base_dir, socket_path
-from tests.conftest import REPO, service_config
-from tests.data.wire.routekit import (
-    CLOUD_INTERFACE,
-    Backend,
-    add_job,
-    chat_body,
-    command,
-    environment,
-    free_port,
-    parse_http,
-    rows,
-)
+from tests.support.backend import BackendProcess as Backend
+from tests.support.fixtures import service_config
+from tests.support.net import free_port
+from tests.support.paths import CLOUD_INTERFACE, REPO
+from tests.support.wire import add_job, chat_body, command, environment, rows
+from tests.support.wire import parse_as_proxy as parse_http
 
 JSON = {"content-type": "application/json"}
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable

@@ -15,15 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_proxy_fakes import Fakes, make_fakes
+from tests.support.paths import REPO
+from tests.support.proxy_fakes import Fakes
 
-
-@pytest.fixture
-def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
-    return make_fakes(tmp_path, monkeypatch)
-
-
-REPO = Path(__file__).resolve().parent.parent
 SAIA_CTL = [sys.executable, "-c", "from saia_ctl.cli.main import run; run()", "proxy"]
 
 

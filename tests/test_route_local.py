@@ -18,21 +18,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, service_config
-from tests.data.wire.routekit import (
-    CLOUD_INTERFACE,
-    Backend,
+from tests.support.backend import BackendProcess as Backend
+from tests.support.fixtures import service_config
+from tests.support.net import free_port
+from tests.support.paths import CLOUD_INTERFACE, REPO
+from tests.support.wire import (
     add_job,
     chat_body,
     command,
     environment,
-    free_port,
     header,
-    parse_http,
     rows,
     run_interface,
     set_job_state,
 )
+from tests.support.wire import parse_as_proxy as parse_http
 
 JSON = {"content-type": "application/json"}
 

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from saia_ctl.cli.main import app
 from saia_ctl.scheduler import tick as tick_module
 from saia_ctl.slurm_fake import FakeSlurm
-from tests.conftest import REPO, service_config
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
 
 SBATCH = str(REPO / "tests" / "data" / "scheduler_backend.sbatch")
 

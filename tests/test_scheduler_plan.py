@@ -355,3 +355,16 @@ def test_back_off_after_jobs_that_never_became_ready(failed: int, ago: float, su
     assert len(plan.submits) == submits
     if not submits:
         assert any("backing off" in line for line in plan.summary)
+
+
+# --- a reused Slurm id (the planner's side of tests/test_faults_daemons.py's controller crash)
+
+
+def test_a_reused_slurm_id_is_not_taken_for_our_lost_job() -> None:
+    """After a controller crash our job 1001 is gone and someone else's job got its id."""
+    ours = job(1, "ready")
+    theirs = SlurmJob(1001, "someone-else", "RUNNING", node="n1", elapsed=5, time_limit=3600)
+    plan = plan_tick(obs([svc(minimum=1)], [ours], [], job_info={1001: theirs}), PREFIX)
+    assert plan.job_changes[1]["state"] == "ended" and plan.job_changes[1]["end_reason"] == "gone"
+    assert plan.job_changes[1]["ended_at"] == NOW
+    assert [c.slurm_job_id for c in plan.cancels] == [] and len(plan.submits) == 1

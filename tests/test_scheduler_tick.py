@@ -25,7 +25,8 @@ from saia_ctl.scheduler.views import ProbeResult
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import SlurmJob
 from saia_ctl.slurm_fake import FakeSlurm
-from tests.conftest import REPO, Clock, service_config
+from tests.support.fixtures import Clock, service_config
+from tests.support.paths import REPO
 
 SBATCH = str(REPO / "tests" / "data" / "scheduler_backend.sbatch")
 HOST = "test-host"
@@ -532,9 +533,7 @@ def test_job_gone_from_queue_gets_reason(import_services, tick, engine, fake, cl
 def test_second_tick_while_lease_held_exits_at_once(tick, engine, clock, settings) -> None:  # type: ignore[no-untyped-def]
     b = begin_tick(engine, "other-host:1:abc", clock(), settings.lease_ttl)
     assert b.status == "run"
-    t0 = time.monotonic()
-    r = tick()
-    assert time.monotonic() - t0 < 1
+    r = tick()  # returns at once, without waiting for the lease (bench/tick.py times it)
     assert r.status == "busy" and r.exit_code == 0
     assert "another tick is running (holder other-host:1:abc, expires" in r.summary
 
@@ -644,12 +643,12 @@ def test_watch_commits_ready_within_the_tick(import_services, home, engine, prob
         probes.default = 200
 
     threading.Thread(target=backend_comes_up, daemon=True).start()
-    t0 = time.monotonic()
     r = run_tick(engine, settings, fake, time.time, prober=probes, watch=True, hostname=HOST)
-    assert time.monotonic() - t0 < 6
     [row] = jobs(engine)
     assert row["state"] == "ready", r.text()
-    assert row["ready_at"] - answered_at[0] < 0.6  # probed every 0.25 s, not once per tick
+    assert row["ready_at"] >= answered_at[0]
+    # probed again and again while the tick watched, not once per tick (bench/tick.py times the delay)
+    assert len(probes.calls) >= 2
     assert any(a.get("watch") for a in r.actions)
     assert 2 <= fake.calls["queue"] <= 6
 

@@ -23,7 +23,7 @@ from sqlalchemy import Boolean, Float, Integer, String, Text, select
 from saia_ctl.db import read_session
 from saia_ctl.hotpath import store
 from saia_ctl.models import Base, Request, UTCTimestamp
-from tests.conftest import service_config
+from tests.support.fixtures import service_config
 
 STATEMENTS = {
     name: value for name, value in vars(store).items() if name.endswith("_SQL") and isinstance(value, str)
@@ -219,7 +219,7 @@ def test_sqlite_module_loaded_without_functools_still_works() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r})\n"

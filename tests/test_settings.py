@@ -11,7 +11,7 @@ import pytest
 
 from saia_ctl.errors import SaiaError
 from saia_ctl.settings import SETTINGS, Settings, SettingsError, markdown
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def load(tmp_path: Path, **env: str) -> Settings:
