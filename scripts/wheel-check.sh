@@ -82,6 +82,10 @@ SAIA_SLURM_CONF=$SLURM_CONF
 EOF
 saia() { "$BIN/saia-ctl" "$@"; }
 
+# Installed without the [proxy] extra: the proxy says in one line how to get it.
+out=$(saia proxy --ssh-host localhost --ssh-user nobody --ssh-key /dev/null 2>&1) && fail "proxy ran without aiohttp"
+[[ $out == *"pip install"*"[proxy]"* && $out != *$'\n'* ]] || fail "saia-ctl proxy without the extra: $out"
+
 saia db upgrade
 # The example config as a site has it: config.json and its ./sbatch/ folder,
 # the batch script being the installed test template (and its server).
