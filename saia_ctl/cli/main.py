@@ -18,6 +18,7 @@ from . import (
     report_cmd,
     requests_cmd,
     services_cmd,
+    ssh_cmd,
     tick_cmd,
 )
 
@@ -49,7 +50,7 @@ app.command("init")(init_cmd.init)
 app.add_typer(services_cmd.app, name="services")
 
 # The scheduler, accounting and proxy command groups.
-for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd):
+for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd, ssh_cmd):
     _module.register(app)
 doctor_cmd.register(app)
 
