@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from saia_ctl.accounting.report import monthly_report
 from saia_ctl.cli.main import app
-from saia_ctl.hotpath.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL
+from saia_ctl.request_path.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL
 from tests.conftest import service_config
 
 MAY = datetime(2026, 5, 1, tzinfo=UTC).timestamp()
@@ -26,7 +26,7 @@ NOW = datetime(2026, 7, 15, tzinfo=UTC).timestamp()
 
 
 class Rows:
-    """Writes jobs (as the scheduler does) and requests (through route.py's own statements)."""
+    """Writes jobs (as the scheduler does) and requests (through the request path's own statements)."""
 
     def __init__(self, db: Path) -> None:
         self.conn = sqlite3.connect(db, isolation_level=None)

@@ -10,10 +10,10 @@ Uses ``_socket`` rather than ``socket`` (which imports ``enum`` and
 from __future__ import annotations
 
 import _socket
-import os
 import select
 import time
 
+from .output import ClientGone, write_all
 from .wire import REASONS
 
 MAX_HEAD = 65536  # bytes of status line + headers we accept from a backend
@@ -31,25 +31,8 @@ class BackendError(Exception):
         self.message = message
 
 
-class ClientGone(Exception):
-    """The client (the SSH session) went away: stdout is closed."""
-
-
 class BrokenAnswer(Exception):
     """The backend broke off (closed, reset, timed out) after the answer began."""
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write everything to ``fd`` (unbuffered: every write reaches the client at once)."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except (BrokenPipeError, ConnectionResetError):
-            raise ClientGone() from None
-        except OSError as e:
-            raise ClientGone() from e
-        view = view[n:]
 
 
 def connect(host: str, port: int, timeout: float) -> _socket.socket:
