@@ -6,8 +6,8 @@ Standard library only, and cheap to import (one interpreter per request).
 - ``control.py``: the control words ``keep-alive`` and ``status``;
 - ``wire.py``: parsing the forced command, our own error answers;
 - ``store.py``: the SQL (on ``saia_ctl.rawdb`` connections);
-- ``forward.py``: the backend connection and the streamed answer;
-  ``output.py``: writing the answer to the client;
+- ``forward.py``: the backend connection, and the answer streamed to the
+  client;
 - ``spawn.py``: detached ticks and forwarder; ``log.py``: ``logs/route.log``;
 - ``forwarder.py`` + ``client.pl`` (optional, ``SAIA_FORWARDER=on``) and
   ``forwarder_socket.py``: where it listens and how keep-alive starts it.

@@ -8,8 +8,8 @@ import time
 
 from .. import rawdb
 from . import store
+from .forward import ClientGone, release_stdout, write_all
 from .log import Log
-from .output import ClientGone, release_stdout, write_all
 from .spawn import spawn_tick
 
 TYPE_CHECKING = False

@@ -1,5 +1,5 @@
 """Forward one request to a backend job over a raw socket and stream the answer
-back as ``curl -i -N`` prints it: the status line and headers as received
+back to the client (``write_all``, ``release_stdout``) as ``curl -i -N`` prints it: the status line and headers as received
 (``Name: value`` lines), an empty line, then the body de-chunked, written as
 it arrives. ``http.client`` is not used: importing it costs ~40 ms.
 
@@ -10,16 +10,65 @@ Uses ``_socket`` rather than ``socket`` (which imports ``enum`` and
 from __future__ import annotations
 
 import _socket
+import os
 import select
 import time
 
-from .output import ClientGone, write_all
 from .wire import REASONS
 
 MAX_HEAD = 65536  # bytes of status line + headers we accept from a backend
 USAGE_TAIL = 65536  # bytes of the answer's end kept to find its `usage`
 _RECV = 65536
 _POLL_GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+# --- the client's side: the answer goes out on ``stdout`` (the SSH channel, or
+# the forwarder client's socket), unbuffered, and ends by pointing ``stdout``
+# at /dev/null.
+
+
+class ClientGone(Exception):
+    """The client (the SSH session) went away: stdout is closed."""
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write everything to ``fd`` (unbuffered: every write reaches the client at once)."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except (BrokenPipeError, ConnectionResetError):
+            raise ClientGone() from None
+        except OSError as e:
+            raise ClientGone() from e
+        view = view[n:]
+
+
+def release_stdout(stdout: int) -> None:
+    """End the answer: point ``stdout`` at /dev/null, so the client sees EOF while
+    the descriptor stays taken (closing it would let the next open(), e.g.
+    SQLite's journal, become fd 1)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(null, stdout)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def say_stderr(message: str) -> None:
+    """One line on stderr (sshd passes it to the client's SSH session, not to stdout)."""
+    try:
+        os.write(2, f"saia-ctl: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+# --- the backend's side --------------------------------------------------------
 
 
 class BackendError(Exception):

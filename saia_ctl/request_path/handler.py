@@ -41,21 +41,22 @@ import time
 
 from .. import rawdb
 from . import store, wire
-from .control import keep_alive, status
 from .forward import (
     Answer,
     BackendError,
+    ClientGone,
     Delivery,
     connect,
     find_usage,
     make_poller,
     read_answer_head,
+    release_stdout,
     request_head,
+    say_stderr,
     stream_body,
+    write_all,
 )
 from .log import Log
-from .output import ClientGone, release_stdout, say_stderr, write_all
-from .spawn import spawn_tick
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -190,6 +191,8 @@ def _hold(
         if jobs:
             return jobs
         if time.time() >= next_tick:  # nobody sends keep-alive: keep the ticks coming
+            from .spawn import spawn_tick
+
             spawn_tick(settings, True, log)
             next_tick = time.time() + max(settings.tick_interval, 1.0)
 
@@ -366,6 +369,8 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
         try:
             if not jobs:
                 if previous_demand is None or now - previous_demand >= DEMAND_RESPAWN:
+                    from .spawn import spawn_tick  # only without a ready job
+
                     spawn_tick(settings, False, log)
                 jobs = _choose(_hold(conn, settings, req.service_id, hold, stdout, log)) if hold > 0 else []
                 if not jobs:
@@ -470,10 +475,10 @@ def run(command: bytes, *, stdin: int = 0, stdout: int = 1, environ: dict[str, s
             else:
                 write_all(stdout, wire.error_response(503, "the request path is misconfigured"))
             return 1
-        if parsed == "keep-alive":
-            return keep_alive(settings, stdout, log)
-        if parsed == "status":
-            return status(settings, stdout, log)
+        if parsed == "keep-alive" or parsed == "status":
+            from . import control  # not needed by requests: not imported before them
+
+            return (control.keep_alive if parsed == "keep-alive" else control.status)(settings, stdout, log)
         assert isinstance(parsed, wire.ParsedRequest)
         return handle_request(parsed, settings, stdin, stdout, log)
     except (ClientGone, Interrupted):
