@@ -1,7 +1,7 @@
 """Forward one request to a backend job over a raw socket and stream the answer
-back to the client (``write_all``, ``release_stdout``) as ``curl -i -N`` prints it: the status line and headers as received
-(``Name: value`` lines), an empty line, then the body de-chunked, written as
-it arrives. ``http.client`` is not used: importing it costs ~40 ms.
+back to the client (``write_all``, ``release_stdout``) as ``curl -i -N``
+prints it: the status line and headers as received (``Name: value`` lines),
+an empty line, then the body de-chunked, written as it arrives. ``http.client`` is not used: importing it costs ~40 ms.
 
 Uses ``_socket`` rather than ``socket`` (which imports ``enum`` and
 ``selectors``, ~10 ms) — the same C module underneath.
