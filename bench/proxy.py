@@ -238,7 +238,7 @@ def cancel_jobs(home: Path, cluster: Any) -> None:
 
 def wait_forwarder(home: Path, timeout: float = 30.0) -> None:
     """The proxy's keep-alives start the forwarder (SAIA_FORWARDER=on): wait until it answers."""
-    from saia_ctl.forwarder import answers, socket_path
+    from saia_ctl.request_path.forwarder_socket import answers, socket_path
 
     path = socket_path(str(home))
     deadline = time.monotonic() + timeout

@@ -9,8 +9,8 @@ machine-wide (``/proc/stat`` busy time, which includes the backend, the
 same for both variants).
 
 With ``--forwarder`` a third variant, ``forwarder``: ``cloud_interface.sh``
-with ``SAIA_FORWARDER=on`` and the forwarder running (``saia_ctl/forwarder.py``,
-reached by ``saia_ctl/hotpath/client.pl``). Its per-process CPU covers bash +
+with ``SAIA_FORWARDER=on`` and the forwarder running (``saia_ctl/request_path/forwarder.py``,
+reached by ``saia_ctl/request_path/client.pl``). Its per-process CPU covers bash +
 perl only; the forked child that serves the request runs in the forwarder, so
 compare the machine-wide figure, which includes it.
 
@@ -127,12 +127,12 @@ def main() -> None:
             fwd_env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
             fwd_env.update(SAIA_HOME=str(home), PYTHONPATH=str(REPO), TMPDIR=fwd_tmp)
             fwd_proc = subprocess.Popen(
-                [str(REPO / ".venv" / "bin" / "python"), "-m", "saia_ctl.forwarder"],
+                [str(REPO / ".venv" / "bin" / "python"), "-m", "saia_ctl.request_path.forwarder"],
                 env=fwd_env,
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            from saia_ctl.forwarder import answers, socket_path
+            from saia_ctl.request_path.forwarder_socket import answers, socket_path
 
             sock = socket_path(str(home), {"TMPDIR": fwd_tmp})
             for _ in range(100):

@@ -1,6 +1,6 @@
 """Global settings, declared once: name, default, parser, help.
 
-Standard library only: the request path (``route.py``) imports this module on
+Standard library only: the request path (``request_path/``) imports this module on
 every request, so it must stay cheap. A value comes from, in order:
 
 1. the process environment (``SAIA_*``);
@@ -123,7 +123,7 @@ def zone_name(name: str, value: str) -> str:
 class Setting:
     """One setting: name, default, parser, help, and the ``Settings`` attribute it
     fills. (Not a dataclass: importing dataclasses pulls in ``inspect``, ~15 ms on
-    every request through route.py.)"""
+    every request through the request path.)"""
 
     __slots__ = ("attr", "default", "help", "name", "parse")
 
@@ -217,7 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
         "off",
         boolean,
         "on: keep-alive keeps a long-lived forwarder running on the login node (python -m "
-        "saia_ctl.forwarder, local Unix socket) and cloud_interface.sh hands requests to it, "
+        "saia_ctl.request_path.forwarder, local Unix socket) and cloud_interface.sh hands requests to it, "
         "saving the interpreter start; without it, the one-process path. off: never. "
         "Also yes/no, true/false, 1/0.",
     ),

@@ -6,7 +6,7 @@ what was wrong), reach no backend (a local backend is registered as the
 service's ready job and must see nothing), write no file outside the state
 directory (payloads like ``$(touch CANARY/x)`` must create nothing), and
 print no traceback. The bulk runs through the handler's in-process entry
-(``saia_ctl.route.run``); a few hundred, spread over every kind, through the
+(``saia_ctl.request_path.handler.run``); a few hundred, spread over every kind, through the
 real ``cloud_interface.sh`` process. Commands that are valid but nasty
 (shell syntax in header values and bodies) must reach the backend verbatim.
 """

@@ -14,9 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saia_ctl import route
-from saia_ctl.hotpath import wire
-from saia_ctl.hotpath.wire import ParsedRequest, WireError, parse_command
+from saia_ctl.request_path import handler, wire
+from saia_ctl.request_path.wire import ParsedRequest, WireError, parse_command
 from tests.support.fixtures import service_config
 from tests.support.wire import add_job, command, parse_as_proxy
 
@@ -220,7 +219,7 @@ def run_inprocess(home: Path, raw: bytes, stdin: bytes = b"") -> tuple[int, byte
     os.write(in_w, stdin)
     os.close(in_w)
     try:
-        rc = route.run(raw, stdin=in_r, stdout=out_w, environ={"SAIA_HOME": str(home)})
+        rc = handler.run(raw, stdin=in_r, stdout=out_w, environ={"SAIA_HOME": str(home)})
         with pytest.raises(OSError):  # run() closed its stdout
             os.close(out_w)
         chunks = []

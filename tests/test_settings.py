@@ -28,7 +28,7 @@ def load(tmp_path: Path, **env: str) -> Settings:
 def test_flags_take_the_usual_spellings(tmp_path: Path, text: str, on: bool) -> None:
     s = load(tmp_path, SAIA_FORWARDER=text)
     assert s.forwarder is on
-    assert s.raw("SAIA_FORWARDER") == ("on" if on else "off")  # what route.py and forwarder.py read
+    assert s.raw("SAIA_FORWARDER") == ("on" if on else "off")  # what the request path reads
 
 
 @pytest.mark.parametrize("text", ["enabled", "y", "2", "onn"])

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from saia_ctl.cli.main import app
-from saia_ctl.hotpath.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL
+from saia_ctl.request_path.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL
 from tests.support.fixtures import service_config
 
 __all__ = ["JUNE", "MAY", "NOW", "Rows", "cli", "random_month", "rows"]
@@ -25,7 +25,7 @@ NOW = datetime(2026, 7, 15, tzinfo=UTC).timestamp()
 
 
 class Rows:
-    """Writes jobs (as the scheduler does) and requests (through route.py's own statements)."""
+    """Writes jobs (as the scheduler does) and requests (through the request path's own statements)."""
 
     def __init__(self, db: Path) -> None:
         self.conn = sqlite3.connect(db, isolation_level=None)

@@ -157,8 +157,8 @@ def integrity(db: Path) -> str:
 def run_inproc(
     command: bytes, home: Path, stdin: bytes = b"", environ: dict[str, str] | None = None
 ) -> bytes:
-    """The request path's in-process entry (``route.run``); returns what it wrote to stdout."""
-    from saia_ctl import route
+    """The request path's in-process entry (``handler.run``); returns what it wrote to stdout."""
+    from saia_ctl.request_path import handler
 
     out = os.memfd_create("answer")
     inp = os.memfd_create("body")
@@ -166,7 +166,7 @@ def run_inproc(
         os.write(inp, stdin)
         os.lseek(inp, 0, os.SEEK_SET)
         env = {"SAIA_HOME": str(home)} if environ is None else environ
-        route.run(command, stdin=inp, stdout=os.dup(out), environ=env)
+        handler.run(command, stdin=inp, stdout=os.dup(out), environ=env)
         os.lseek(out, 0, os.SEEK_SET)
         chunks = []
         while chunk := os.read(out, 1 << 20):
