@@ -27,7 +27,7 @@ def test_the_package_holds_the_whole_request_path() -> None:
     assert (PACKAGE / "entry.py").is_file() and (PACKAGE / "client.pl").is_file()
     assert "saia_ctl.request_path.forwarder" in MODULES and "saia_ctl.request_path.handler" in MODULES
     script = (REPO / "cloud_interface.sh").read_text()
-    assert "saia_ctl/request_path/entry.py" in script and "saia_ctl/request_path/client.pl" in script
+    assert "saia_ctl/request_path/entry.py" in script and "${entry%/*}/client.pl" in script
 
 
 def test_every_module_loads_only_the_standard_library() -> None:
