@@ -382,7 +382,7 @@ def test_slurmctld_sigkilled_during_ticks_loses_and_duplicates_nothing(ctx: Ctx,
             output=str(c.home / "orphan-%j.out"),
         )
         r = tick(c, KillingSlurm(c, "after-cancel"))
-        assert r.ran and any(a.get("reason") == "orphan" for a in r.actions), r.text()
+        assert r.ran and any(a.reason == "orphan" for a in r.actions), r.text()
         outage_tick_fails_cleanly(c, "inproc")
         start_slurmctld(c.cluster)
         tick(c)
@@ -526,6 +526,6 @@ def test_a_reused_slurm_id_is_not_taken_for_our_lost_job() -> None:
     ours = job(1, "ready")
     theirs = SlurmJob(1001, "someone-else", "RUNNING", node="n1", elapsed=5, time_limit=3600)
     plan = plan_tick(obs([svc(minimum=1)], [ours], [], job_info={1001: theirs}), PREFIX)
-    assert plan.job_changes[1]["state"] == "ended" and plan.job_changes[1]["end_reason"] == "gone"
-    assert plan.job_changes[1]["ended_at"] == NOW
+    assert plan.job_changes[1].state == "ended" and plan.job_changes[1].end_reason == "gone"
+    assert plan.job_changes[1].ended_at == NOW
     assert [c.slurm_job_id for c in plan.cancels] == [] and len(plan.submits) == 1

@@ -15,7 +15,7 @@ from saia_ctl.scheduler.plan import (
     target_from_load,
     update_load_avg,
 )
-from saia_ctl.scheduler.views import JobView, Observation, ProbeResult, ServiceView
+from saia_ctl.scheduler.views import UNSET, JobChange, JobView, Observation, ProbeResult, ServiceView
 from saia_ctl.slurm import SlurmJob
 
 NOW = 1_780_000_000.0
@@ -201,7 +201,7 @@ def test_scale_down_victims(
     queue = [pending(j) if j.state == "pending" else running(j) for j in jobs]
     probes = {j.id: ProbeResult(j.state == "ready", "x") for j in jobs}
     plan = plan_tick(obs([s], jobs, queue, probes=probes), PREFIX)
-    assert sorted(i for i, c in plan.job_changes.items() if c.get("state") == "draining") == drained
+    assert sorted(i for i, c in plan.job_changes.items() if c.state == "draining") == drained
     assert sorted(c.job_id for c in plan.cancels if c.job_id is not None) == cancelled
 
 
@@ -210,7 +210,7 @@ def test_scale_down_waits_for_cooldown() -> None:
     s = svc(lower_since=None, load_avg=0.0)
     probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
     plan = plan_tick(obs([s], jobs, [running(j) for j in jobs], probes=probes), PREFIX)
-    assert not any(c.get("state") == "draining" for c in plan.job_changes.values())
+    assert not any(c.state == "draining" for c in plan.job_changes.values())
     assert plan.service_updates[0].lower_since == NOW
     assert "cool-down 120s left" in plan.summary[0]
 
@@ -239,7 +239,7 @@ def test_rotation_submits_replacement_and_keeps_old_serving() -> None:
     s = svc()
     plan = plan_tick(obs([s], [old], [running(old, 3500)], probes={1: ProbeResult(True, "200")}), PREFIX)
     assert [(x.reason, x.replaces_job_id) for x in plan.submits] == [("rotation", 1)]
-    assert 1 not in plan.job_changes or plan.job_changes[1].get("state") is None
+    assert 1 not in plan.job_changes or plan.job_changes[1].state is UNSET
     # Next tick: the replacement is pending; nothing more is submitted, the old job still serves.
     new = job(2, "pending", node=None, started_at=None, replaces_job_id=1)
     plan = plan_tick(
@@ -250,8 +250,8 @@ def test_rotation_submits_replacement_and_keeps_old_serving() -> None:
     new = job(2, "starting", replaces_job_id=1)
     probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
     plan = plan_tick(obs([s], [old, new], [running(old, 3520), running(new, 5)], probes=probes), PREFIX)
-    assert plan.job_changes[2]["state"] == "ready"
-    assert plan.job_changes[1]["state"] == "draining" and plan.job_changes[1]["end_reason"] == "rotated"
+    assert plan.job_changes[2].state == "ready"
+    assert plan.job_changes[1].state == "draining" and plan.job_changes[1].end_reason == "rotated"
     assert plan.submits == []
 
 
@@ -284,7 +284,7 @@ def test_orphans_cancelled_foreign_jobs_left_alone() -> None:
 def test_requeued_job_goes_back_to_pending() -> None:
     j = job(1)
     plan = plan_tick(obs([svc()], [j], [pending(j)]), PREFIX)
-    assert plan.job_changes[1]["state"] == "pending" and plan.job_changes[1]["node"] is None
+    assert plan.job_changes[1].state == "pending" and plan.job_changes[1].node is None
 
 
 def test_summary_line_reads_like_the_issue() -> None:
@@ -311,7 +311,7 @@ def test_pending_replacement_is_not_cancelled_as_surplus_while_its_old_job_serve
     probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
     plan = plan_tick(obs([s], [old, other, repl], queue, probes=probes), PREFIX)
     assert 3 not in {c.job_id for c in plan.cancels}
-    assert plan.job_changes.get(3, {}).get("state") != "draining"
+    assert plan.job_changes.get(3, JobChange()).state != "draining"
 
 
 def test_surplus_pending_job_without_a_job_to_replace_is_cancelled() -> None:
@@ -321,7 +321,7 @@ def test_surplus_pending_job_without_a_job_to_replace_is_cancelled() -> None:
     plan = plan_tick(
         obs([s], [a, extra], [running(a, 100), pending(extra)], probes={1: ProbeResult(True, "200")}), PREFIX
     )
-    assert plan.job_changes[2]["state"] == "draining" and plan.job_changes[2]["end_reason"] == "surplus"
+    assert plan.job_changes[2].state == "draining" and plan.job_changes[2].end_reason == "surplus"
 
 
 def test_ready_job_near_its_walltime_leaves_routing_even_without_replacement() -> None:
@@ -332,8 +332,8 @@ def test_ready_job_near_its_walltime_leaves_routing_even_without_replacement() -
         obs([s], [old, repl], [running(old, 3570), pending(repl)], probes={1: ProbeResult(True, "200")}),
         PREFIX,
     )
-    assert plan.job_changes[1]["state"] == "draining"
-    assert plan.job_changes[1]["end_reason"] == "walltime-ending"
+    assert plan.job_changes[1].state == "draining"
+    assert plan.job_changes[1].end_reason == "walltime-ending"
     assert any("walltime ending" in line for line in plan.summary)
 
 

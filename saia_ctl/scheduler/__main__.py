@@ -2,7 +2,8 @@
 
 The request path spawns this detached (from ``keep-alive`` and on demand).
 Exit status 0 on success, also when the tick is not due or another tick holds
-the lease; 1 when the tick failed (the error is in the tick's log row too).
+the lease; 1 when the tick failed (the error is in the tick's log row too; for
+an unexpected exception, its traceback follows the error, here and there).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     text = result.text()
     if text and not (args.quiet and not result.error):
         _emit(text, sys.stderr if result.error else sys.stdout)
+    if result.traceback:
+        _emit(result.traceback.rstrip(), sys.stderr)  # a bug: keep-alive's logs/tick.log gets it whole
     return result.exit_code
 
 

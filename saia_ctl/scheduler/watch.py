@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import Engine, text
 
 from ..db import read_session, write_session
 from ..slurm import SlurmClient, SlurmError
 from .probes import Prober, ProbeTarget
+from .views import Action, ActionKind
 
 QUEUE_EVERY = 1.0
 PROBE_EVERY = 0.25
@@ -44,9 +44,9 @@ def watch_waiting(
     probe_timeout: float,
     renew: Callable[[], None],
     sleep: Callable[[float], None] = time.sleep,
-) -> list[dict[str, Any]]:
+) -> list[Action]:
     """Follow jobs that requests wait for until they are ready, gone, or the deadline; returns actions."""
-    actions: list[dict[str, Any]] = []
+    actions: list[Action] = []
     last_queue = -1e9
     last_renew = time.monotonic()
     timeout = min(probe_timeout, WATCH_PROBE_TIMEOUT)
@@ -56,7 +56,7 @@ def watch_waiting(
         if not rows:
             break
         started = time.monotonic()
-        nodes: dict[int, str] = {r[0]: r[3] for r in rows if r[2] == "starting" and r[3]}
+        nodes: dict[int, str] = {r.id: r.node for r in rows if r.state == "starting" and r.node}
         if started - last_queue >= QUEUE_EVERY:
             last_queue = started
             try:
@@ -66,19 +66,19 @@ def watch_waiting(
             now = clock()
             begun = []
             for r in rows:
-                sj = queue.get(r[1]) if r[1] is not None else None
+                sj = queue.get(r.slurm_job_id) if r.slurm_job_id is not None else None
                 if sj is None or sj.is_finished:
                     continue
-                if sj.is_running and sj.node and r[2] in ("submitting", "pending"):
+                if sj.is_running and sj.node and r.state in ("submitting", "pending"):
                     begun.append(
                         {
-                            "id": r[0],
+                            "id": r.id,
                             "node": sj.node,
                             "start": now - (sj.elapsed or 0),
                             "limit": sj.time_limit,
                         }
                     )
-                    nodes[r[0]] = sj.node
+                    nodes[r.id] = sj.node
             if begun:
                 with write_session(engine) as s:
                     for b in begun:
@@ -90,8 +90,8 @@ def watch_waiting(
                             ),
                             b,
                         )
-        port_of = {r[0]: int(r[4]) for r in rows}
-        service_of = {r[0]: r[5] for r in rows}
+        port_of = {r.id: int(r.port) for r in rows}
+        service_of = {r.id: r.service_id for r in rows}
         targets = [ProbeTarget(jid, node, port_of[jid], "/") for jid, node in nodes.items()]
         results = prober(targets, timeout)
         ready = [jid for jid, res in results.items() if res.ok]
@@ -112,13 +112,13 @@ def watch_waiting(
                     )
                     if n:
                         actions.append(
-                            {
-                                "action": "ready",
-                                "service": service_of[jid],
-                                "job": jid,
-                                "probe": results[jid].detail,
-                                "watch": True,
-                            }
+                            Action(
+                                ActionKind.READY,
+                                service=service_of[jid],
+                                job=jid,
+                                probe=results[jid].detail,
+                                watch=True,
+                            )
                         )
         if time.monotonic() - last_renew > 10:
             renew()
