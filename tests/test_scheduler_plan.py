@@ -9,13 +9,28 @@ import pytest
 
 from saia_ctl.scheduler.names import job_name, name_prefix, parse_job_name
 from saia_ctl.scheduler.plan import (
+    DEMAND,
     DRAIN_GRACE,
+    SCALE_UP,
+    Wanted,
     end_reason_from_slurm,
     plan_tick,
+    summary_line,
     target_from_load,
     update_load_avg,
+    wanted_count,
 )
-from saia_ctl.scheduler.views import UNSET, JobChange, JobView, Observation, ProbeResult, ServiceView
+from saia_ctl.scheduler.views import (
+    UNSET,
+    Action,
+    ActionKind,
+    EndReason,
+    JobChange,
+    JobView,
+    Observation,
+    ProbeResult,
+    ServiceView,
+)
 from saia_ctl.slurm import SlurmJob
 
 NOW = 1_780_000_000.0
@@ -355,3 +370,177 @@ def test_back_off_after_jobs_that_never_became_ready(failed: int, ago: float, su
     assert len(plan.submits) == submits
     if not submits:
         assert any("backing off" in line for line in plan.summary)
+
+
+# --- the named steps of planning one service
+
+
+@pytest.mark.parametrize(
+    ("service", "base", "counted", "latest_ready", "last_busy", "expected"),
+    [
+        # the load's target as it is
+        (dict(minimum=0), 2, 2, None, NOW, Wanted(2, SCALE_UP, False, ())),
+        (dict(minimum=1), 1, 1, None, None, Wanted(1, SCALE_UP, False, ("min 1",))),
+        # disabled: zero, whatever the load
+        (dict(enabled=False, waiting=3), 3, 2, None, NOW, Wanted(0, SCALE_UP, False, ("disabled",))),
+        # waiting requests or on-demand start one job; they also make it a "demand" start
+        (dict(minimum=0, waiting=2), 0, 0, None, None, Wanted(1, DEMAND, False, ("2 waiting",))),
+        (dict(minimum=0, demand_at=NOW - 1), 0, 0, None, None, Wanted(1, DEMAND, False, ("on demand",))),
+        (
+            dict(minimum=0, demand_at=NOW - 9, last_submit_at=NOW - 5),
+            0,
+            0,
+            None,
+            None,
+            Wanted(0, SCALE_UP, False, ()),
+        ),
+        (dict(minimum=0, maximum=0, waiting=1), 0, 0, None, None, Wanted(0, DEMAND, False, ())),
+        # requests in flight keep one job
+        (dict(minimum=0, in_flight=1), 0, 1, None, NOW, Wanted(1, SCALE_UP, False, ("1 in flight",))),
+        # idle: kept until idle_timeout, then straight to zero
+        (
+            dict(minimum=0, idle_timeout=900),
+            0,
+            1,
+            NOW - 100,
+            NOW - 300,
+            Wanted(1, SCALE_UP, False, ("idle 100s of 900s",)),
+        ),
+        (
+            dict(minimum=0, idle_timeout=900),
+            1,
+            1,
+            NOW - 1000,
+            NOW - 950,
+            Wanted(0, SCALE_UP, True, ("idle for 900s or more: scale to zero",)),
+        ),
+        (
+            dict(minimum=0, idle_timeout=900),
+            0,
+            1,
+            None,
+            None,
+            Wanted(0, SCALE_UP, True, ("idle for 900s or more: scale to zero",)),
+        ),
+        # with no job counted there is nothing to scale to zero
+        (dict(minimum=0, idle_timeout=900), 0, 0, None, None, Wanted(0, SCALE_UP, False, ())),
+    ],
+)
+def test_wanted_count(
+    service: dict[str, Any],
+    base: int,
+    counted: int,
+    latest_ready: float | None,
+    last_busy: float | None,
+    expected: Wanted,
+) -> None:
+    assert wanted_count(svc(**service), base, counted, latest_ready, last_busy, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("states", "notes", "did", "line"),
+    [
+        ([], (), [], "svc: target 1 (avg 0.50 in flight / 1 per instance), 0 ready, 0 starting, 0 pending"),
+        (
+            ["ready", "starting", "pending", "submitting", "draining"],
+            ("min 1",),
+            ["submitting 1", "cancelling 1"],
+            "svc: target 1 (avg 0.50 in flight / 1 per instance; min 1), 1 ready, 1 starting, 2 pending, "
+            "1 draining, submitting 1, cancelling 1",
+        ),
+    ],
+)
+def test_summary_line(states: list[str], notes: tuple[str, ...], did: list[str], line: str) -> None:
+    assert summary_line(svc(), Wanted(1, SCALE_UP, False, notes), 0.5, states, did) == line
+
+
+# --- the contracts
+
+
+def test_end_reasons_keep_their_stored_strings() -> None:
+    """The values are in the database and in reports: renaming one breaks both."""
+    assert {r.name: r.value for r in EndReason} == {
+        "COMPLETED": "completed",
+        "CANCELLED": "cancelled",
+        "TIMEOUT": "timeout",
+        "FAILED": "failed",
+        "NODE_FAILURE": "node-failure",
+        "PREEMPTED": "preempted",
+        "OUT_OF_MEMORY": "out-of-memory",
+        "BOOT_FAILURE": "boot-failure",
+        "DEADLINE": "deadline",
+        "GONE": "gone",
+        "SUBMIT_FAILED": "submit-failed",
+        "NOT_SUBMITTED": "not-submitted",
+        "READY_TIMEOUT": "ready-timeout",
+        "UNHEALTHY": "unhealthy",
+        "SURPLUS": "surplus",
+        "SCALE_DOWN": "scale-down",
+        "IDLE": "idle",
+        "DISABLED": "disabled",
+        "ROTATED": "rotated",
+        "EXPIRING": "expiring",
+        "WALLTIME_ENDING": "walltime-ending",
+        "DRAINED": "drained",
+        "ORPHAN": "orphan",
+    }
+    assert f"{EndReason.SCALE_DOWN}" == "scale-down" and EndReason.IDLE == "idle"
+
+
+def test_unknown_slurm_end_state_is_kept_in_lower_case() -> None:
+    assert end_reason_from_slurm(SlurmJob(1, "x", "SPECIAL_EXIT")) == "special-exit"
+
+
+@pytest.mark.parametrize(
+    ("action", "logged"),
+    [
+        (
+            Action(ActionKind.END, service="svc", job=1, reason=EndReason.SUBMIT_FAILED),
+            {"action": "end", "service": "svc", "job": 1, "slurm_job_id": None, "reason": "submit-failed"},
+        ),
+        (
+            Action(ActionKind.DRAIN, service="svc", job=2, reason=EndReason.UNHEALTHY, detail="3 failed"),
+            {"action": "drain", "service": "svc", "job": 2, "reason": "unhealthy", "detail": "3 failed"},
+        ),
+        (
+            Action(ActionKind.CANCEL, slurm_job_id=7, name="tp_9_svc", reason=EndReason.ORPHAN),
+            {"action": "cancel", "slurm_job_id": 7, "name": "tp_9_svc", "reason": "orphan"},
+        ),
+        (
+            Action(
+                ActionKind.SUBMIT,
+                service="svc",
+                job=3,
+                slurm_job_id=8,
+                port=30003,
+                reason="rotation",
+                replaces=1,
+            ),
+            {
+                "action": "submit",
+                "service": "svc",
+                "job": 3,
+                "slurm_job_id": 8,
+                "port": 30003,
+                "reason": "rotation",
+                "replaces": 1,
+            },
+        ),
+        (
+            Action(ActionKind.BACKOFF, service="svc", failed_starts=2, seconds=12.5),
+            {"action": "backoff", "service": "svc", "failed_starts": 2, "seconds": 12.5},
+        ),
+    ],
+)
+def test_actions_are_logged_as_before(action: Action, logged: dict[str, Any]) -> None:
+    out = action.as_dict()
+    assert out == logged and list(out) == list(logged)
+
+
+def test_a_misspelt_job_change_is_refused_while_planning() -> None:
+    change = JobChange()
+    with pytest.raises(AttributeError):
+        change.stat = "ready"  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        JobChange(stat="ready")  # type: ignore[call-arg]
+    assert not change and JobChange(node=None) and JobChange(node=None).columns() == {"node": None}

@@ -693,3 +693,39 @@ def test_job_cancelled_by_hand_before_ready_is_replaced_without_back_off(
         r = tick()
         assert "backing off" not in r.summary
         assert len(fake.live()) == 1
+
+
+# --- job changes are typed: nothing is dropped silently
+
+
+def test_job_change_fields_are_columns_of_jobs() -> None:
+    from saia_ctl.models import Job
+    from saia_ctl.scheduler.apply import JOB_CHANGE_COLUMNS
+
+    assert JOB_CHANGE_COLUMNS and set(Job.__table__.columns.keys()) >= JOB_CHANGE_COLUMNS
+
+
+def test_applying_a_change_with_an_unknown_field_is_an_error(
+    import_services, tick, engine, settings, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """A field apply does not know (here a misspelt ``stat``) raises; it is never dropped."""
+    import dataclasses
+
+    from saia_ctl.scheduler.apply import UnknownJobField, record_intents
+    from saia_ctl.scheduler.views import JobChange, Plan
+
+    @dataclasses.dataclass(slots=True)
+    class Misspelt(JobChange):
+        stat: str = "draining"
+
+    import_services(cfg())
+    tick()
+    (row,) = jobs(engine, live_only=True)
+    plan = Plan(job_changes={row["id"]: Misspelt(last_error="x")})
+    with pytest.raises(UnknownJobField, match="stat"):
+        record_intents(engine, plan, settings, clock(), [])
+    # nothing of the change was written either
+    assert jobs(engine, live_only=True)[0]["last_error"] is None
+    # the same change without the misspelt field is written
+    record_intents(engine, Plan(job_changes={row["id"]: JobChange(last_error="x")}), settings, clock(), [])
+    assert jobs(engine, live_only=True)[0]["last_error"] == "x"
