@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import read_session, write_session
-from ..models import JobState
+from ..models import JobState, Outcome
 from ..settings import Settings
 from ..slurm import SlurmClient, SlurmError
 from .names import job_name
@@ -162,10 +162,10 @@ def record_intents(
         for rid, why in dead_requests:
             s.execute(
                 text(
-                    "UPDATE requests SET ended_at = :now, outcome = 'aborted', error = :why "
+                    "UPDATE requests SET ended_at = :now, outcome = :aborted, error = :why "
                     "WHERE id = :id AND ended_at IS NULL"
                 ),
-                {"now": now, "why": why, "id": rid},
+                {"now": now, "why": why, "id": rid, "aborted": Outcome.ABORTED.value},
             )
         if plan.submits:
             held = {int(p) for p in s.execute(text("SELECT port FROM jobs WHERE ended_at IS NULL")).scalars()}

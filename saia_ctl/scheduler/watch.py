@@ -15,6 +15,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine, text
 
 from ..db import read_session, write_session
+from ..models import JobState
 from ..slurm import SlurmClient, SlurmError
 from .probes import Prober, ProbeTarget
 from .views import Action, ActionKind
@@ -23,15 +24,22 @@ QUEUE_EVERY = 1.0
 PROBE_EVERY = 0.25
 WATCH_PROBE_TIMEOUT = 1.0
 
+_QUEUED = (JobState.SUBMITTING.value, JobState.PENDING.value)  # not running yet
 _WATCHED = text(
     """
     SELECT j.id, j.slurm_job_id, j.state, j.node, j.port, j.service_id FROM jobs j
-    WHERE j.ended_at IS NULL AND j.state IN ('submitting', 'pending', 'starting')
+    WHERE j.ended_at IS NULL AND j.state IN (:submitting, :pending, :starting)
       AND j.service_id IN (SELECT r.service_id FROM requests r WHERE r.ended_at IS NULL AND r.job_id IS NULL)
       AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.service_id = j.service_id AND k.ended_at IS NULL
-                      AND k.state = 'ready')
+                      AND k.state = :ready)
     """
 )
+_STATES = {
+    "submitting": JobState.SUBMITTING.value,
+    "pending": JobState.PENDING.value,
+    "starting": JobState.STARTING.value,
+    "ready": JobState.READY.value,
+}
 
 
 def watch_waiting(
@@ -52,11 +60,11 @@ def watch_waiting(
     timeout = min(probe_timeout, WATCH_PROBE_TIMEOUT)
     while time.monotonic() + timeout < deadline:
         with read_session(engine) as s:
-            rows = s.execute(_WATCHED).all()
+            rows = s.execute(_WATCHED, _STATES).all()
         if not rows:
             break
         started = time.monotonic()
-        nodes: dict[int, str] = {r.id: r.node for r in rows if r.state == "starting" and r.node}
+        nodes: dict[int, str] = {r.id: r.node for r in rows if r.state == JobState.STARTING.value and r.node}
         if started - last_queue >= QUEUE_EVERY:
             last_queue = started
             try:
@@ -69,7 +77,7 @@ def watch_waiting(
                 sj = queue.get(r.slurm_job_id) if r.slurm_job_id is not None else None
                 if sj is None or sj.is_finished:
                     continue
-                if sj.is_running and sj.node and r.state in ("submitting", "pending"):
+                if sj.is_running and sj.node and r.state in _QUEUED:
                     begun.append(
                         {
                             "id": r.id,
@@ -84,11 +92,11 @@ def watch_waiting(
                     for b in begun:
                         s.execute(
                             text(
-                                "UPDATE jobs SET state = 'starting', node = :node, started_at = :start, "
+                                "UPDATE jobs SET state = :starting, node = :node, started_at = :start, "
                                 "walltime_limit = :limit WHERE id = :id AND ended_at IS NULL "
-                                "AND state IN ('submitting', 'pending')"
+                                "AND state IN (:submitting, :pending)"
                             ),
-                            b,
+                            {**b, **_STATES},
                         )
         port_of = {r.id: int(r.port) for r in rows}
         service_of = {r.id: r.service_id for r in rows}
@@ -103,10 +111,10 @@ def watch_waiting(
                         s.connection()
                         .execute(
                             text(
-                                "UPDATE jobs SET state = 'ready', ready_at = :now, health_failures = 0 "
-                                "WHERE id = :id AND ended_at IS NULL AND state = 'starting'"
+                                "UPDATE jobs SET state = :ready, ready_at = :now, health_failures = 0 "
+                                "WHERE id = :id AND ended_at IS NULL AND state = :starting"
                             ),
-                            {"now": now, "id": jid},
+                            {"now": now, "id": jid, **_STATES},
                         )
                         .rowcount
                     )
