@@ -5,10 +5,19 @@ Order of reasoning, per tick:
 1. Reconcile every live row with what Slurm says (adopt by name, follow
    pending -> starting, close jobs that left the queue with their end reason).
 2. Readiness and health from the probes (ready, ready timeout, unhealthy).
-3. Per service: the load average and the wanted number of jobs, then submit
-   up to it (rotation replacements first), or drain surplus after the
-   cool-down, then cancel drained jobs once they carry no request.
+3. Per service (``plan_service``), in named steps: the load average and the
+   wanted number of jobs (``wanted_count``, pure); rotation (``rotate``: a
+   ready replacement takes over, a job near its walltime end leaves
+   routing); filling (``fill``: revive drained jobs, back off or submit up
+   to the wanted count, rotation replacements first) or shrinking
+   (``shrink``: drain the surplus after the cool-down); retiring expiring
+   jobs; cancelling drained jobs once they carry no request
+   (``cancel_drained``); the summary line (``summary_line``, pure).
 4. Slurm jobs of ours that no live row owns (orphans) are cancelled.
+
+The result is a ``Plan`` of typed decisions (``views.py``): a ``JobChange``
+per changed row, submits, cancels, service updates and ``Action`` log lines,
+with ``EndReason`` members as reasons.
 
 Scale-down victim choice (issue 3 says "a job that is still pending or loading
 is not the one chosen to go"): ready jobs go first (fewest requests in flight,
