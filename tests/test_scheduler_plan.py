@@ -9,9 +9,7 @@ import pytest
 
 from saia_ctl.scheduler.names import job_name, name_prefix, parse_job_name
 from saia_ctl.scheduler.plan import (
-    DEMAND,
     DRAIN_GRACE,
-    SCALE_UP,
     Wanted,
     end_reason_from_slurm,
     plan_tick,
@@ -30,8 +28,11 @@ from saia_ctl.scheduler.views import (
     Observation,
     ProbeResult,
     ServiceView,
+    SubmitReason,
 )
 from saia_ctl.slurm import SlurmJob
+
+SCALE_UP, DEMAND = SubmitReason.SCALE_UP, SubmitReason.DEMAND
 
 NOW = 1_780_000_000.0
 PREFIX = "tp_"

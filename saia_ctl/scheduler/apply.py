@@ -24,7 +24,7 @@ from ..models import JobState, Outcome
 from ..settings import Settings
 from ..slurm import SlurmClient, SlurmError
 from .names import job_name
-from .views import Action, ActionKind, Cancel, EndReason, JobChange, Plan
+from .views import Action, ActionKind, Cancel, EndReason, JobChange, Plan, SubmitReason
 
 # The columns a job change may set: the fields JobChange declares (each a column
 # of ``jobs``; a test checks it against the schema).
@@ -62,7 +62,7 @@ class NewJob:
     sbatch: str
     port: int
     secret: str
-    reason: str
+    reason: SubmitReason
     replaces_job_id: int | None
 
 

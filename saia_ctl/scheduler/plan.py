@@ -49,6 +49,7 @@ from .views import (
     ServiceUpdate,
     ServiceView,
     Submit,
+    SubmitReason,
 )
 
 # The original's moving average: a window of 60 s sampled every 5 s (12
@@ -89,8 +90,6 @@ FAILED_START_REASONS = frozenset(
 # BACKOFF_MAX, before the next submission, instead of flooding the queue every tick.
 BACKOFF_BASE = 10.0
 BACKOFF_MAX = 600.0
-# Why a job is submitted (``Submit.reason``, logged with the submit action).
-SCALE_UP, DEMAND, ROTATION = "scale-up", "demand", "rotation"
 
 
 def start_backoff(failed_starts: int) -> float:
@@ -149,7 +148,7 @@ class Wanted:
     """How many jobs a service wants now, and why (the first step of planning a service)."""
 
     count: int
-    start_reason: str  # why a job would be submitted: SCALE_UP or DEMAND
+    start_reason: SubmitReason  # why a job would be submitted: SCALE_UP or DEMAND
     idle_to_zero: bool  # idle for idle_timeout: going to zero at once, no cool-down
     notes: tuple[str, ...]  # the why, for the summary line
 
@@ -176,12 +175,12 @@ def wanted_count(
     when the newest live job became ready.
     """
     if not svc.enabled:
-        return Wanted(0, SCALE_UP, False, ("disabled",))
+        return Wanted(0, SubmitReason.SCALE_UP, False, ("disabled",))
     wanted = base
     notes: list[str] = []
     idle_to_zero = False
     demand = svc.demand_at is not None and (svc.last_submit_at is None or svc.demand_at > svc.last_submit_at)
-    start_reason = DEMAND if svc.waiting > 0 or demand else SCALE_UP
+    start_reason = SubmitReason.DEMAND if svc.waiting > 0 or demand else SubmitReason.SCALE_UP
     if svc.maximum >= 1 and wanted < 1 and (svc.waiting > 0 or demand):
         wanted = 1
         notes.append(f"{svc.waiting} waiting" if svc.waiting else "on demand")
@@ -505,7 +504,7 @@ class _Planner:
         orphans_of_rotation = [w for w in live if self.expiring(svc, w) and w.id not in replaced_ids]
         for i in range(deficit):
             if i < len(orphans_of_rotation):
-                self.submit(svc, ROTATION, replaces=orphans_of_rotation[i].id)
+                self.submit(svc, SubmitReason.ROTATION, replaces=orphans_of_rotation[i].id)
             else:
                 self.submit(svc, wanted.start_reason)
         did.append(f"submitting {deficit}")
@@ -549,7 +548,7 @@ class _Planner:
                 if others_ready and self.expiring(svc, w) and w.id not in replaced_ids:
                     self.drain(w, EndReason.EXPIRING)
 
-    def submit(self, svc: ServiceView, reason: str, replaces: int | None = None) -> None:
+    def submit(self, svc: ServiceView, reason: SubmitReason, replaces: int | None = None) -> None:
         self.plan.submits.append(Submit(svc.id, svc.sbatch, reason, replaces))
 
     def scale_down(self, counted: list[_Work], surplus: int, wanted: int, reason: EndReason) -> int:

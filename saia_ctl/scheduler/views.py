@@ -49,6 +49,14 @@ class EndReason(enum.StrEnum):
     ORPHAN = "orphan"  # a Slurm job with our name prefix that no live row owns
 
 
+class SubmitReason(enum.StrEnum):
+    """Why a job is submitted (logged with its submit action)."""
+
+    SCALE_UP = "scale-up"  # the load's target is above the jobs there are
+    DEMAND = "demand"  # requests wait, or an on-demand start was asked for
+    ROTATION = "rotation"  # it replaces a ready job near its walltime end
+
+
 class ActionKind(enum.StrEnum):
     """What a tick did to a job, as logged in ``ticks.actions``."""
 
@@ -208,14 +216,14 @@ class JobChange:
 class Submit:
     service_id: str
     sbatch: str
-    reason: str  # "scale-up", "demand" or "rotation"
+    reason: SubmitReason
     replaces_job_id: int | None = None
 
 
 @dataclass(frozen=True)
 class Cancel:
     slurm_job_id: int
-    reason: str
+    reason: str  # an EndReason, or one with ", walltime ending" appended
     job_id: int | None = None  # None: an orphan with no live row
     graceful: bool = False  # a drained job: cancel only if still no request in flight
 
