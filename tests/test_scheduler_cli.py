@@ -203,3 +203,21 @@ def test_a_bug_in_a_detached_tick_leaves_its_traceback_in_the_log(
     assert "Traceback (most recent call last):" in text_ and "wanted_count_with_a_bug" in text_
     stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
     assert all(re.match(stamp, line) for line in text_.splitlines())
+
+
+def test_a_bug_around_the_tick_leaves_its_traceback_in_the_log(home, fake, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Outside run_tick's own handler (e.g. in taking the lease) a bug still gets one line and the traceback."""
+    from saia_ctl.scheduler.__main__ import main
+
+    def run_tick_with_a_bug(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("lease bug for the test")
+
+    monkeypatch.setattr(tick_module, "run_tick", run_tick_with_a_bug)
+    log = tmp_path / "tick.log"
+    with log.open("w") as f:
+        monkeypatch.setattr(sys, "stderr", f)
+        assert main(["--home", str(home)]) == 1
+    lines = log.read_text().splitlines()
+    assert lines[0].endswith(" Error: 'lease bug for the test'")
+    assert any("Traceback (most recent call last):" in line for line in lines)
+    assert any("run_tick_with_a_bug" in line for line in lines)
