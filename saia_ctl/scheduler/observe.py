@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, Result, text
 
 from ..db import read_session
 from ..models import JobState
@@ -61,6 +62,12 @@ _IN_FLIGHT = text(
 )
 
 
+def by_name(result: Result[Any]) -> list[dict[str, Any]]:
+    """The rows as dicts by column name (a Row's attribute access costs ~10x as much)."""
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
+
+
 @dataclass
 class Snapshot:
     services: list[ServiceView]
@@ -91,76 +98,76 @@ def pid_alive(pid: int) -> bool:
 def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
     """Services with their state and load, live jobs with their in-flight counts, dead handlers."""
     with read_session(engine) as s:
-        service_rows = s.execute(_SERVICES).all()
-        job_rows = s.execute(_JOBS).all()
-        request_rows = s.execute(_IN_FLIGHT).all()
+        service_rows = by_name(s.execute(_SERVICES))
+        job_rows = by_name(s.execute(_JOBS))
+        request_rows = by_name(s.execute(_IN_FLIGHT))
     per_service: Counter[str] = Counter()
     waiting: Counter[str] = Counter()
     per_job: Counter[int] = Counter()
     dead: list[tuple[int, str]] = []
     for q in request_rows:
-        age = now - float(q.started_at)
-        if q.handler_host == hostname and not pid_alive(int(q.handler_pid)):
-            dead.append((q.id, "handler process gone"))
+        age = now - float(q["started_at"])
+        if q["handler_host"] == hostname and not pid_alive(int(q["handler_pid"])):
+            dead.append((q["id"], "handler process gone"))
             continue
         if age > FOREIGN_HANDLER_TIMEOUT:
             dead.append(
                 (
-                    q.id,
-                    f"handler on {q.handler_host} presumed gone after {FOREIGN_HANDLER_TIMEOUT / 3600:.0f} h",
+                    q["id"],
+                    f"handler on {q['handler_host']} presumed gone after {FOREIGN_HANDLER_TIMEOUT / 3600:.0f} h",
                 )
             )
             continue
-        per_service[q.service_id] += 1
-        if q.job_id is None:
-            waiting[q.service_id] += 1
+        per_service[q["service_id"]] += 1
+        if q["job_id"] is None:
+            waiting[q["service_id"]] += 1
         else:
-            per_job[q.job_id] += 1
+            per_job[q["job_id"]] += 1
     services = [
         ServiceView(
-            id=r.id,
-            enabled=bool(r.enabled),
-            sbatch=r.sbatch,
-            inferences_per_instance=int(r.inferences_per_instance),
-            minimum=int(r.minimum_number_instances),
-            maximum=int(r.maximum_number_instances),
-            job_expiry_time=int(r.job_expiry_time),
-            ready_timeout=int(r.ready_timeout),
-            idle_timeout=int(r.idle_timeout),
-            scale_down_cooldown=int(r.scale_down_cooldown),
-            health_failures=int(r.health_failures),
-            load_avg=float(r.load_avg or 0.0),
-            sampled_at=r.sampled_at,
-            lower_since=r.lower_since,
-            last_busy_at=r.last_busy_at,
-            demand_at=r.demand_at,
-            last_request_at=r.last_request_at,
-            last_submit_at=r.last_submit_at,
-            in_flight=per_service[r.id],
-            waiting=waiting[r.id],
-            failed_starts=int(r.failed_starts or 0),
-            last_failed_at=r.last_failed_at,
+            id=r["id"],
+            enabled=bool(r["enabled"]),
+            sbatch=r["sbatch"],
+            inferences_per_instance=int(r["inferences_per_instance"]),
+            minimum=int(r["minimum_number_instances"]),
+            maximum=int(r["maximum_number_instances"]),
+            job_expiry_time=int(r["job_expiry_time"]),
+            ready_timeout=int(r["ready_timeout"]),
+            idle_timeout=int(r["idle_timeout"]),
+            scale_down_cooldown=int(r["scale_down_cooldown"]),
+            health_failures=int(r["health_failures"]),
+            load_avg=float(r["load_avg"] or 0.0),
+            sampled_at=r["sampled_at"],
+            lower_since=r["lower_since"],
+            last_busy_at=r["last_busy_at"],
+            demand_at=r["demand_at"],
+            last_request_at=r["last_request_at"],
+            last_submit_at=r["last_submit_at"],
+            in_flight=per_service[r["id"]],
+            waiting=waiting[r["id"]],
+            failed_starts=int(r["failed_starts"] or 0),
+            last_failed_at=r["last_failed_at"],
         )
         for r in service_rows
     ]
     jobs = [
         JobView(
-            id=r.id,
-            name=r.name,
-            service_id=r.service_id,
-            slurm_job_id=r.slurm_job_id,
-            state=r.state,
-            node=r.node,
-            port=int(r.port),
-            submitted_at=float(r.submitted_at),
-            started_at=r.started_at,
-            ready_at=r.ready_at,
-            draining_at=r.draining_at,
-            walltime_limit=r.walltime_limit,
-            health_failures=int(r.health_failures or 0),
-            end_reason=r.end_reason,
-            replaces_job_id=r.replaces_job_id,
-            in_flight=per_job[r.id],
+            id=r["id"],
+            name=r["name"],
+            service_id=r["service_id"],
+            slurm_job_id=r["slurm_job_id"],
+            state=r["state"],
+            node=r["node"],
+            port=int(r["port"]),
+            submitted_at=float(r["submitted_at"]),
+            started_at=r["started_at"],
+            ready_at=r["ready_at"],
+            draining_at=r["draining_at"],
+            walltime_limit=r["walltime_limit"],
+            health_failures=int(r["health_failures"] or 0),
+            end_reason=r["end_reason"],
+            replaces_job_id=r["replaces_job_id"],
+            in_flight=per_job[r["id"]],
         )
         for r in job_rows
     ]

@@ -30,7 +30,7 @@ is routed to it, so nothing waits for it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..models import JobState
@@ -110,7 +110,11 @@ _SLURM_END_REASONS = {
     "BOOT_FAIL": EndReason.BOOT_FAILURE,
     "DEADLINE": EndReason.DEADLINE,
 }
-_COUNTED = (JobState.SUBMITTING.value, JobState.PENDING.value, JobState.STARTING.value, JobState.READY.value)
+# Job states as plain strings: an enum member's ``.value`` costs a property
+# call, and the planner compares states a few times per job.
+_SUBMITTING, _PENDING, _STARTING = JobState.SUBMITTING.value, JobState.PENDING.value, JobState.STARTING.value
+_READY, _DRAINING, _ENDED = JobState.READY.value, JobState.DRAINING.value, JobState.ENDED.value
+_COUNTED = (_SUBMITTING, _PENDING, _STARTING, _READY)
 
 
 def end_reason_from_slurm(job: SlurmJob) -> str:
@@ -207,10 +211,10 @@ def wanted_count(
 def summary_line(svc: ServiceView, wanted: Wanted, avg: float, states: list[str], did: list[str]) -> str:
     """The service's line of the tick summary; ``states`` are those of its live jobs."""
     counts = (
-        f"{states.count(JobState.READY.value)} ready, {states.count(JobState.STARTING.value)} starting, "
-        f"{states.count(JobState.PENDING.value) + states.count(JobState.SUBMITTING.value)} pending"
+        f"{states.count(_READY)} ready, {states.count(_STARTING)} starting, "
+        f"{states.count(_PENDING) + states.count(_SUBMITTING)} pending"
     )
-    draining = states.count(JobState.DRAINING.value)
+    draining = states.count(_DRAINING)
     if draining:
         counts += f", {draining} draining"
     why = f"avg {avg:.2f} in flight / {svc.inferences_per_instance} per instance"
@@ -240,7 +244,7 @@ class _Work:
     walltime_limit: int | None
     end_reason: str | None
     draining_at: float | None
-    change: JobChange = field(default_factory=JobChange)
+    change: JobChange | None = None  # made at the first change (most rows have none)
     ended: bool = False
     doomed: bool = False  # a cancel is planned this tick
 
@@ -250,8 +254,11 @@ class _Work:
 
     def set(self, **values: Any) -> None:
         """Change columns of the row; a name that is no JobChange field raises AttributeError."""
+        change = self.change
+        if change is None:
+            change = self.change = JobChange()
         for key, value in values.items():
-            setattr(self.change, key, value)
+            setattr(change, key, value)
             if key in _TRACKED:
                 setattr(self, key, value)
 
@@ -281,7 +288,7 @@ class _Planner:
 
     # --- 1. reconcile with Slurm
     def end(self, w: _Work, reason: str) -> None:
-        w.set(state=JobState.ENDED.value, ended_at=self.now, end_reason=reason)
+        w.set(state=_ENDED, ended_at=self.now, end_reason=reason)
         w.ended = True
         self.act(
             Action(
@@ -327,24 +334,24 @@ class _Planner:
             if sj.is_finished:
                 self.end(w, w.end_reason or end_reason_from_slurm(sj))
             elif sj.is_pending:
-                if w.state in (JobState.SUBMITTING.value, JobState.STARTING.value, JobState.READY.value):
-                    if w.state != JobState.SUBMITTING.value:  # requeued by Slurm
+                if w.state in (_SUBMITTING, _STARTING, _READY):
+                    if w.state != _SUBMITTING:  # requeued by Slurm
                         w.set(node=None, started_at=None, ready_at=None)
-                    w.set(state=JobState.PENDING.value)
+                    w.set(state=_PENDING)
             else:
                 self.follow_running(w, sj)
 
     def follow_running(self, w: _Work, sj: SlurmJob) -> None:
-        if w.state in (JobState.SUBMITTING.value, JobState.PENDING.value):
-            w.set(state=JobState.STARTING.value)
+        if w.state in (_SUBMITTING, _PENDING):
+            w.set(state=_STARTING)
         if w.node != sj.node and sj.node:
             w.set(node=sj.node)
         if w.started_at is None:
             w.set(started_at=self.now - (sj.elapsed or 0))
         if w.walltime_limit != sj.time_limit:
             w.set(walltime_limit=sj.time_limit)
-        if sj.gpus and w.change.gpus is UNSET:
-            w.change.gpus = sj.gpus
+        if sj.gpus and (w.change is None or w.change.gpus is UNSET):
+            w.set(gpus=sj.gpus)
 
     # --- 2. readiness and health
     def readiness(self) -> None:
@@ -353,9 +360,9 @@ class _Planner:
                 continue
             svc = self.services.get(w.view.service_id)
             probe = self.obs.probes.get(w.id)
-            if w.state == JobState.STARTING.value:
+            if w.state == _STARTING:
                 if probe is not None and probe.ok:
-                    w.set(state=JobState.READY.value, ready_at=self.now, health_failures=0)
+                    w.set(state=_READY, ready_at=self.now, health_failures=0)
                     self.act(
                         Action(ActionKind.READY, service=w.view.service_id, job=w.id, probe=probe.detail)
                     )
@@ -365,7 +372,7 @@ class _Planner:
                     and self.now - w.started_at > svc.ready_timeout
                 ):
                     self.drain(w, EndReason.READY_TIMEOUT, detail=probe.detail if probe else None)
-            elif w.state == JobState.READY.value and probe is not None:
+            elif w.state == _READY and probe is not None:
                 if probe.ok:
                     if w.view.health_failures:
                         w.set(health_failures=0)
@@ -380,7 +387,7 @@ class _Planner:
 
     def drain(self, w: _Work, reason: EndReason, detail: str | None = None) -> None:
         """Take a job out of routing (state draining); it is cancelled later (or now, if forced)."""
-        w.set(state=JobState.DRAINING.value, draining_at=self.now, end_reason=reason)
+        w.set(state=_DRAINING, draining_at=self.now, end_reason=reason)
         self.act(
             Action(
                 ActionKind.DRAIN, service=w.view.service_id, job=w.id, reason=reason, detail=detail or None
@@ -433,7 +440,7 @@ class _Planner:
 
     def expiring(self, svc: ServiceView, w: _Work, ready_only: bool = True) -> bool:
         """Ready (or, with ``ready_only=False``, any) and within job_expiry_time of its walltime end."""
-        if ready_only and w.state != JobState.READY.value:
+        if ready_only and w.state != _READY:
             return False
         left = remaining_walltime(w, self.now)
         return left is not None and left < svc.job_expiry_time
@@ -442,15 +449,15 @@ class _Planner:
         """Rotation: a ready replacement takes over; a job near its walltime end leaves routing."""
         did: list[str] = []
         for w in live:
-            if w.state == JobState.READY.value and w.view.replaces_job_id is not None:
+            if w.state == _READY and w.view.replaces_job_id is not None:
                 old = next((o for o in live if o.id == w.view.replaces_job_id), None)
-                if old is not None and old.state == JobState.READY.value:
+                if old is not None and old.state == _READY:
                     self.drain(old, EndReason.ROTATED)
                     did.append(f"rotated job {old.id} -> {w.id}")
         # Slurm kills a job at its walltime whatever it serves: stop routing to it shortly before.
         for w in live:
             left = remaining_walltime(w, self.now)
-            if w.state == JobState.READY.value and left is not None and left < DRAIN_BEFORE_END:
+            if w.state == _READY and left is not None and left < DRAIN_BEFORE_END:
                 self.drain(w, EndReason.WALLTIME_ENDING)
                 did.append(f"job {w.id} walltime ending in {max(left, 0):.0f}s")
         return did
@@ -465,13 +472,13 @@ class _Planner:
                 if deficit <= 0:
                     break
                 if (
-                    w.state == JobState.DRAINING.value
+                    w.state == _DRAINING
                     and w.end_reason in REVIVABLE_REASONS
                     and w.view.ready_at is not None
                     and w.started_at is not None
                     and not self.expiring(svc, w, ready_only=False)
                 ):
-                    w.set(state=JobState.READY.value, draining_at=None, end_reason=None)
+                    w.set(state=_READY, draining_at=None, end_reason=None)
                     self.act(Action(ActionKind.REVIVE, service=svc.id, job=w.id))
                     did.append(f"revived job {w.id}")
                     deficit -= 1
@@ -480,7 +487,7 @@ class _Planner:
         backoff_left = 0.0
         failed_starts, last_failed_at = svc.failed_starts, svc.last_failed_at
         for w in self.work_of.get(svc.id, ()):  # failed starts noticed this tick count at once
-            never_ready = w.view.ready_at is None and w.change.ready_at is UNSET
+            never_ready = w.view.ready_at is None and (w.change is None or w.change.ready_at is UNSET)
             ending = w.ended or (w.doomed and w.end_reason == EndReason.READY_TIMEOUT)
             if ending and never_ready and (w.end_reason or "") in FAILED_START_REASONS:
                 failed_starts, last_failed_at = failed_starts + 1, now
@@ -543,7 +550,7 @@ class _Planner:
                     self.drain(w, EndReason.DISABLED if not svc.enabled else EndReason.IDLE)
         elif deficit <= 0:
             replaced_ids = {w.view.replaces_job_id for w in live if w.view.replaces_job_id is not None}
-            others_ready = [w for w in counted if w.state == JobState.READY.value]
+            others_ready = [w for w in counted if w.state == _READY]
             for w in live:
                 if others_ready and self.expiring(svc, w) and w.id not in replaced_ids:
                     self.drain(w, EndReason.EXPIRING)
@@ -557,16 +564,14 @@ class _Planner:
             return math.inf if left is None else left
 
         ready = sorted(
-            (w for w in counted if w.state == JobState.READY.value),
+            (w for w in counted if w.state == _READY),
             key=lambda w: (w.view.in_flight, walltime_end(w), w.id),
         )
         waiting = sorted(
-            (w for w in counted if w.state in (JobState.SUBMITTING.value, JobState.PENDING.value)),
+            (w for w in counted if w.state in (_SUBMITTING, _PENDING)),
             key=lambda w: -w.view.submitted_at,
         )
-        loading = sorted(
-            (w for w in counted if w.state == JobState.STARTING.value), key=lambda w: -w.view.submitted_at
-        )
+        loading = sorted((w for w in counted if w.state == _STARTING), key=lambda w: -w.view.submitted_at)
         gone = 0
         ready_left = len(ready)
         for w in ready:
@@ -577,7 +582,7 @@ class _Planner:
             self.drain(w, reason)
             ready_left -= 1
             gone += 1
-        serving = {w.id for w in self.work if w.state == JobState.READY.value and not w.doomed}
+        serving = {w.id for w in self.work if w.state == _READY and not w.doomed}
         for w in waiting + loading:
             if gone >= surplus:
                 break
@@ -593,7 +598,7 @@ class _Planner:
     def cancel_drained(self, svc: ServiceView, jobs: list[_Work]) -> int:
         n = 0
         for w in jobs:
-            if w.ended or w.doomed or w.state != JobState.DRAINING.value or w.slurm_job_id is None:
+            if w.ended or w.doomed or w.state != _DRAINING or w.slurm_job_id is None:
                 continue
             reason = w.end_reason or EndReason.DRAINED
             left = remaining_walltime(w, self.now)
@@ -631,7 +636,7 @@ class _Planner:
 
     def finish(self) -> Plan:
         for w in self.work:
-            if w.change:
+            if w.change is not None:
                 self.plan.job_changes[w.id] = w.change
         return self.plan
 
