@@ -80,7 +80,7 @@ class Action:
     slurm_job_id: int | None = None
     name: str | None = None  # Slurm job name (orphans)
     port: int | None = None
-    reason: str | None = None  # an EndReason, or one with ", walltime ending" appended
+    reason: str | None = None  # an EndReason (maybe + ", walltime ending"), or a SubmitReason
     replaces: int | None = None  # jobs.id of the job a rotation replaces
     detail: str | None = None
     probe: str | None = None  # the probe's answer
