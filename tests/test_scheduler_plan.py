@@ -10,9 +10,12 @@ import pytest
 from saia_ctl.scheduler.names import job_name, name_prefix, parse_job_name
 from saia_ctl.scheduler.plan import (
     DRAIN_GRACE,
+    ScaleDown,
     Wanted,
     end_reason_from_slurm,
     plan_tick,
+    scale_down_now,
+    seconds_to_wait,
     summary_line,
     target_from_load,
     update_load_avg,
@@ -545,3 +548,35 @@ def test_a_misspelt_job_change_is_refused_while_planning() -> None:
     with pytest.raises(TypeError):
         JobChange(stat="ready")  # type: ignore[call-arg]
     assert not change and JobChange(node=None) and JobChange(node=None).columns() == {"node": None}
+
+
+@pytest.mark.parametrize(
+    ("service", "idle_to_zero", "expected"),
+    [
+        # the first tick with a surplus starts the cool-down
+        (dict(lower_since=None), False, ScaleDown(NOW, None, 120)),
+        (dict(lower_since=NOW - 100), False, ScaleDown(NOW - 100, None, 20)),
+        (dict(lower_since=NOW - 120), False, ScaleDown(NOW - 120, EndReason.SCALE_DOWN, 0)),
+        # idle long enough or disabled: at once
+        (dict(lower_since=None), True, ScaleDown(NOW, EndReason.IDLE, 120)),
+        (dict(lower_since=None, enabled=False), False, ScaleDown(NOW, EndReason.DISABLED, 120)),
+    ],
+)
+def test_scale_down_now(service: dict[str, Any], idle_to_zero: bool, expected: ScaleDown) -> None:
+    wanted = Wanted(0 if idle_to_zero else 1, SCALE_UP, idle_to_zero, ())
+    assert scale_down_now(svc(scale_down_cooldown=120, **service), wanted, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("failed", "last", "left"),
+    [
+        (0, None, 0.0),
+        (0, NOW - 1, 0.0),
+        (1, NOW - 4, 6.0),
+        (2, NOW, 20.0),
+        (5, NOW - 200, -40.0),
+        (30, NOW, 600.0),
+    ],
+)
+def test_seconds_to_wait(failed: int, last: float | None, left: float) -> None:
+    assert seconds_to_wait(failed, last, NOW) == pytest.approx(left)

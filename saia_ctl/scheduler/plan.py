@@ -208,6 +208,35 @@ def wanted_count(
     return Wanted(wanted, start_reason, idle_to_zero, tuple(notes))
 
 
+def seconds_to_wait(failed_starts: int, last_failed_at: float | None, now: float) -> float:
+    """Back-off left before the next submission (<= 0: none) after failed starts in a row."""
+    if failed_starts and last_failed_at is not None:
+        return last_failed_at + start_backoff(failed_starts) - now
+    return 0.0
+
+
+@dataclass(frozen=True)
+class ScaleDown:
+    """Whether a service with more jobs than wanted drains its surplus now."""
+
+    lower_since: float  # since when it has had more jobs than wanted
+    reason: EndReason | None  # drain now, for this reason; None: the cool-down still runs
+    cooldown_left: float
+
+
+def scale_down_now(svc: ServiceView, wanted: Wanted, now: float) -> ScaleDown:
+    """After the cool-down, or at once when the service is disabled or idle long enough."""
+    lower_since = now if svc.lower_since is None else svc.lower_since
+    left = svc.scale_down_cooldown - (now - lower_since)
+    if not svc.enabled:
+        reason: EndReason | None = EndReason.DISABLED
+    elif wanted.idle_to_zero:
+        reason = EndReason.IDLE
+    else:
+        reason = EndReason.SCALE_DOWN if left <= 0 else None
+    return ScaleDown(lower_since, reason, left)
+
+
 def summary_line(svc: ServiceView, wanted: Wanted, avg: float, states: list[str], did: list[str]) -> str:
     """The service's line of the tick summary; ``states`` are those of its live jobs."""
     counts = (
@@ -484,15 +513,13 @@ class _Planner:
                     deficit -= 1
         if deficit <= 0:
             return deficit
-        backoff_left = 0.0
         failed_starts, last_failed_at = svc.failed_starts, svc.last_failed_at
         for w in self.work_of.get(svc.id, ()):  # failed starts noticed this tick count at once
             never_ready = w.view.ready_at is None and (w.change is None or w.change.ready_at is UNSET)
             ending = w.ended or (w.doomed and w.end_reason == EndReason.READY_TIMEOUT)
             if ending and never_ready and (w.end_reason or "") in FAILED_START_REASONS:
                 failed_starts, last_failed_at = failed_starts + 1, now
-        if failed_starts and last_failed_at is not None:
-            backoff_left = last_failed_at + start_backoff(failed_starts) - now
+        backoff_left = seconds_to_wait(failed_starts, last_failed_at, now)
         if backoff_left > 0:
             did.append(
                 f"backing off: {svc.failed_starts} job(s) in a row ended before becoming ready, "
@@ -522,22 +549,15 @@ class _Planner:
     ) -> float | None:
         """Too many jobs: after the cool-down (at once when disabled or idle), drain the surplus.
         Returns the service's new ``lower_since``."""
-        now = self.now
-        lower_since = now if svc.lower_since is None else svc.lower_since
-        forced = not svc.enabled or wanted.idle_to_zero
-        left = svc.scale_down_cooldown - (now - lower_since)
-        if not (forced or left <= 0):
-            did.append(f"{surplus} surplus, cool-down {left:.0f}s left")
-            return lower_since
-        if not svc.enabled:
-            reason = EndReason.DISABLED
-        else:
-            reason = EndReason.IDLE if wanted.idle_to_zero else EndReason.SCALE_DOWN
-        gone = self.scale_down(counted, surplus, wanted.count, reason)
+        decision = scale_down_now(svc, wanted, self.now)
+        if decision.reason is None:
+            did.append(f"{surplus} surplus, cool-down {decision.cooldown_left:.0f}s left")
+            return decision.lower_since
+        gone = self.scale_down(counted, surplus, wanted.count, decision.reason)
         if gone:
-            did.append(f"scaling down {gone} ({reason})")
+            did.append(f"scaling down {gone} ({decision.reason})")
             return None
-        return lower_since
+        return decision.lower_since
 
     def retire_expiring(
         self, svc: ServiceView, wanted: Wanted, live: list[_Work], counted: list[_Work], deficit: int
