@@ -170,6 +170,8 @@ def test_a_bug_in_a_tick_keeps_its_traceback(import_services, home, engine, fake
     (row,) = json.loads(r.output)
     assert row["error"] == "ZeroDivisionError: planner bug for the test"
     assert "wanted_count_with_a_bug" in row["traceback"]
+    r = runner.invoke(app, ["--home", str(home), "ticks", "list", "--verbose"])
+    assert r.exit_code == 0 and "wanted_count_with_a_bug" in r.output
     # `ticks show` shows it whole
     r = runner.invoke(app, ["--home", str(home), "ticks", "show", "1"])
     assert r.exit_code == 0, r.output

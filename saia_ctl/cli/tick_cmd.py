@@ -48,6 +48,9 @@ def tick(
 def list_ticks(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent ticks.")] = 20,
     fmt: common.FormatOption = common.Format.table,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also the holder and the traceback of a failed tick.")
+    ] = False,
 ) -> None:
     """Show recent ticks, newest first: when, how long, the summary, errors."""
     from ..scheduler.ticklog import recent_ticks
@@ -60,8 +63,10 @@ def list_ticks(
             row["duration"] = "(unfinished)" if t["duration"] is None else f"{t['duration']:.2f}s"
         rows.append(row)
     columns: tuple[str, ...] = ("id", "started_at", "duration", "summary", "error")
+    if verbose:
+        columns = ("id", "started_at", "duration", "holder", "summary", "error", "traceback")
     if fmt is not common.Format.table:
-        columns = ("id", "started_at", "duration", "holder", "summary", "actions", "error")
+        columns = ("id", "started_at", "duration", "holder", "summary", "actions", "error", "traceback")
     common.echo(common.render(rows, fmt, columns))
 
 
