@@ -580,3 +580,11 @@ def test_scale_down_now(service: dict[str, Any], idle_to_zero: bool, expected: S
 )
 def test_seconds_to_wait(failed: int, last: float | None, left: float) -> None:
     assert seconds_to_wait(failed, last, NOW) == pytest.approx(left)
+
+
+@pytest.mark.parametrize(("stored", "slurm", "change"), [(0, 2, 2), (2, 2, UNSET), (2, 4, 4), (0, 0, UNSET)])
+def test_gpus_recorded_when_slurm_reports_other_than_stored(stored: int, slurm: int, change: object) -> None:
+    j = job(1, gpus=stored)
+    sj = SlurmJob(1001, j.name, "RUNNING", node="n1", elapsed=50, time_limit=3600, gpus=slurm)
+    plan = plan_tick(obs([svc()], [j], [sj], probes={1: ProbeResult(True, "200")}), PREFIX)
+    assert plan.job_changes.get(1, JobChange()).gpus == change

@@ -53,7 +53,7 @@ _SERVICES = text(
 _JOBS = text(
     """
     SELECT id, name, service_id, slurm_job_id, state, node, port, submitted_at, started_at, ready_at,
-           draining_at, walltime_limit, health_failures, end_reason, replaces_job_id
+           draining_at, walltime_limit, health_failures, end_reason, replaces_job_id, gpus
     FROM jobs WHERE ended_at IS NULL ORDER BY id
     """
 )
@@ -167,6 +167,7 @@ def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
             health_failures=int(r["health_failures"] or 0),
             end_reason=r["end_reason"],
             replaces_job_id=r["replaces_job_id"],
+            gpus=int(r["gpus"] or 0),
             in_flight=per_job[r["id"]],
         )
         for r in job_rows

@@ -379,8 +379,8 @@ class _Planner:
             w.set(started_at=self.now - (sj.elapsed or 0))
         if w.walltime_limit != sj.time_limit:
             w.set(walltime_limit=sj.time_limit)
-        if sj.gpus and (w.change is None or w.change.gpus is UNSET):
-            w.set(gpus=sj.gpus)
+        if sj.gpus and sj.gpus != w.view.gpus:
+            w.set(gpus=sj.gpus)  # written once, not every tick
 
     # --- 2. readiness and health
     def readiness(self) -> None:

@@ -154,6 +154,7 @@ class JobView:
     health_failures: int = 0
     end_reason: str | None = None
     replaces_job_id: int | None = None
+    gpus: int = 0  # as last recorded from Slurm
     in_flight: int = 0
 
 
