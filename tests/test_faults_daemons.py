@@ -382,7 +382,7 @@ def test_slurmctld_sigkilled_during_ticks_loses_and_duplicates_nothing(ctx: Ctx,
             output=str(c.home / "orphan-%j.out"),
         )
         r = tick(c, KillingSlurm(c, "after-cancel"))
-        assert r.ran and any(a.get("reason") == "orphan" for a in r.actions), r.text()
+        assert r.ran and any(a.reason == "orphan" for a in r.actions), r.text()
         outage_tick_fails_cleanly(c, "inproc")
         start_slurmctld(c.cluster)
         tick(c)
