@@ -1,17 +1,32 @@
 #!/bin/bash
-# Forced command of the cloud proxy's SSH key (authorized_keys:
-#   restrict,command="SAIA_HOME=/path/to/state /path/to/cloud_interface.sh" ssh-ed25519 ...).
+# Forced command of the cloud proxy's SSH key; `saia-ctl ssh authorized-key KEY.pub`
+# prints its authorized_keys line:
+#   restrict,command="SAIA_HOME=/path/to/state /path/to/cloud_interface.sh" ssh-ed25519 ...
 # The request is in $SSH_ORIGINAL_COMMAND, its body (if not inline) on stdin;
-# see shared/spec/wire-protocol.md. No parsing here: the handler does it all.
-# SAIA_HOME defaults to this script's folder; SAIA_PYTHON to its .venv.
+# see docs/wire-protocol.md. No parsing here: the handler does it all.
+# It runs from a checkout (this file at the top, the venv in .venv/, SAIA_HOME
+# defaulting to this folder) or from a wheel installed into a venv (this file
+# in the venv's bin/, next to its python). SAIA_PYTHON overrides the interpreter.
 here=${BASH_SOURCE[0]%/*}
 [[ $here == "${BASH_SOURCE[0]}" ]] && here=.
 [[ $here == /* ]] || here=$PWD/$here
-export SAIA_HOME="${SAIA_HOME:-$here}"
-py="${SAIA_PYTHON:-$here/.venv/bin/python}"
+entry=$here/saia_ctl/request_path/entry.py
+if [[ -e $entry ]]; then
+    export SAIA_HOME="${SAIA_HOME:-$here}"
+    py="${SAIA_PYTHON:-$here/.venv/bin/python}"
+else
+    # Installed: python -S leaves site-packages off sys.path, so the handler is
+    # named by its path (it puts its own package root on sys.path).
+    py="${SAIA_PYTHON:-$here/python}"
+    for entry in "$here"/../lib/python3*/site-packages/saia_ctl/request_path/entry.py; do
+        [[ -e $entry ]] && break
+    done
+fi
 [[ -x $py ]] || py=python3
+# Not found by path (an editable install): import it through site-packages.
+[[ -e $entry ]] || exec "$py" -I -m saia_ctl.request_path.entry
 # SAIA_FORWARDER=on: its private directory exists; the client hands the request
 # to the forwarder, or execs the line below when the forwarder does not answer.
 [[ -d ${TMPDIR:-/tmp}/saia-$UID && -x /usr/bin/perl ]] &&
-    exec /usr/bin/perl "$here/saia_ctl/hotpath/client.pl" "$py" "$here/saia_ctl/hotpath/entry.py"
-exec "$py" -I -S "$here/saia_ctl/hotpath/entry.py"
+    exec /usr/bin/perl "${entry%/*}/client.pl" "$py" "$entry"
+exec "$py" -I -S "$entry"

@@ -167,11 +167,11 @@ def prepare_home(home: Path, cluster: Any) -> None:
 
 
 def get_cluster() -> tuple[Any, Path | None]:
-    from tests.cluster_fixture import _cluster_at, _running, start_cluster
+    from tests.support.cluster import cluster_at, cluster_running, start_cluster
 
     shared = Path(os.environ.get("SAIA_TEST_CLUSTER") or "/tmp/saia-dev-cluster")
-    if _running(shared):
-        return _cluster_at(shared.resolve(), owned=False), None
+    if cluster_running(shared):
+        return cluster_at(shared.resolve(), owned=False), None
     private = Path(tempfile.mkdtemp(prefix="saia-bc-"))
     os.chmod(private, 0o755)
     return start_cluster(private), private
@@ -238,7 +238,7 @@ def cancel_jobs(home: Path, cluster: Any) -> None:
 
 def wait_forwarder(home: Path, timeout: float = 30.0) -> None:
     """The proxy's keep-alives start the forwarder (SAIA_FORWARDER=on): wait until it answers."""
-    from saia_ctl.forwarder import answers, socket_path
+    from saia_ctl.request_path.forwarder_socket import answers, socket_path
 
     path = socket_path(str(home))
     deadline = time.monotonic() + timeout

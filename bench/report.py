@@ -2,7 +2,7 @@
 
 Generates synthetic traffic (default: 12 months x 1,000,000 requests, 10,000
 users, 20 services) through the request path's own recording statements
-(``INSERT_REQUEST_SQL`` / ``FINISH_REQUEST_SQL`` from ``saia_ctl.hotpath.store``,
+(``INSERT_REQUEST_SQL`` / ``FINISH_REQUEST_SQL`` from ``saia_ctl.request_path.store``,
 executemany in large transactions; WAL and synchronous=OFF while generating,
 this bench only), then folds the closed days into the report ledger as the
 scheduler tick does (one day per fold, each its own transaction; timed), and
@@ -50,8 +50,8 @@ from saia_ctl.accounting.render import render  # noqa: E402
 from saia_ctl.accounting.report import monthly_report  # noqa: E402
 from saia_ctl.config import apply_config, load_config  # noqa: E402
 from saia_ctl.db import engine_for, write_session  # noqa: E402
-from saia_ctl.hotpath.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL  # noqa: E402
 from saia_ctl.migrate import upgrade  # noqa: E402
+from saia_ctl.request_path.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL  # noqa: E402
 from saia_ctl.settings import Settings  # noqa: E402
 
 BATCH = 200_000

@@ -9,8 +9,8 @@ machine-wide (``/proc/stat`` busy time, which includes the backend, the
 same for both variants).
 
 With ``--forwarder`` a third variant, ``forwarder``: ``cloud_interface.sh``
-with ``SAIA_FORWARDER=on`` and the forwarder running (``saia_ctl/forwarder.py``,
-reached by ``saia_ctl/hotpath/client.pl``). Its per-process CPU covers bash +
+with ``SAIA_FORWARDER=on`` and the forwarder running (``saia_ctl/request_path/forwarder.py``,
+reached by ``saia_ctl/request_path/client.pl``). Its per-process CPU covers bash +
 perl only; the forked child that serves the request runs in the forwarder, so
 compare the machine-wide figure, which includes it.
 
@@ -36,7 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from common import Figure, json_line  # noqa: E402
 
-from tests.data.wire.routekit import CLOUD_INTERFACE, Backend, add_job, chat_body, command  # noqa: E402
+from tests.support.backend import BackendProcess  # noqa: E402
+from tests.support.paths import CLOUD_INTERFACE  # noqa: E402
+from tests.support.wire import add_job, chat_body, command  # noqa: E402
 
 
 def busy_seconds() -> float:
@@ -117,7 +119,7 @@ def main() -> None:
     plain_tmp = tempfile.mkdtemp(prefix="sb", dir="/tmp")
     fwd_tmp = tempfile.mkdtemp(prefix="sf", dir="/tmp")
     fwd_proc = None
-    backend = Backend()
+    backend = BackendProcess()
     try:
         setup(home)
         if args.forwarder:
@@ -125,12 +127,12 @@ def main() -> None:
             fwd_env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
             fwd_env.update(SAIA_HOME=str(home), PYTHONPATH=str(REPO), TMPDIR=fwd_tmp)
             fwd_proc = subprocess.Popen(
-                [str(REPO / ".venv" / "bin" / "python"), "-m", "saia_ctl.forwarder"],
+                [str(REPO / ".venv" / "bin" / "python"), "-m", "saia_ctl.request_path.forwarder"],
                 env=fwd_env,
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            from saia_ctl.forwarder import answers, socket_path
+            from saia_ctl.request_path.forwarder_socket import answers, socket_path
 
             sock = socket_path(str(home), {"TMPDIR": fwd_tmp})
             for _ in range(100):
@@ -244,6 +246,20 @@ def main() -> None:
                 "SELECT inference_id, outcome, status, error FROM requests WHERE outcome IS NOT 'ok' LIMIT 5"
             ).fetchall()
         print(f"rows recorded: {n}, ok: {ok}" + (f"; not ok: {bad}" if bad else ""))
+        keep_alive = []
+        for _ in range(10):
+            t = time.perf_counter()
+            r = subprocess.run(
+                [str(CLOUD_INTERFACE)],
+                env=dict(base_env, SSH_ORIGINAL_COMMAND="keep-alive"),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
+            keep_alive.append(time.perf_counter() - t)
+            if r.stdout != b"OK\n":
+                raise SystemExit(f"bad keep-alive answer: {r.stdout[:200]!r} {r.stderr[:300]!r}")
+        ka_ms = statistics.median(keep_alive) * 1000
+        print(f"keep-alive: median {ka_ms:.1f} ms wall (goal < 1000 ms)")
         if args.json:
             kind = "streaming" if args.stream else "non-streaming"
             over = statistics.median(x[0] for x in summary)
@@ -274,6 +290,14 @@ def main() -> None:
                             baseline=round(statistics.median(x[5] for x in summary), 2),
                             goal="< 40 ms",
                             ok=our_cpu < 40,
+                        ),
+                        Figure(
+                            "request_path",
+                            "keep-alive, median (wall)",
+                            round(ka_ms, 1),
+                            "ms",
+                            goal="< 1000 ms",
+                            ok=ka_ms < 1000,
                         ),
                         Figure(
                             "request_path",

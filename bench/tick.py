@@ -5,6 +5,10 @@ Usage: .venv/bin/python bench/tick.py [--services 100] [--jobs 1000] [--runs 7]
 Prints the CPU time of the pure planner and of a whole steady-state tick
 (snapshot + one squeue + plan + writes; probes answered in memory), medians
 of several runs, and checks that each tick made exactly one squeue call.
+Also two latencies the scheduler's tests check only as behaviour: a tick
+that finds the lease held returns at once (goal < 1 s), and a watching tick
+notices a backend that starts answering within about one probe period
+(goal < 0.6 s; probes every 0.25 s).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +30,7 @@ from sqlalchemy import text
 
 from saia_ctl.db import engine_for, write_session
 from saia_ctl.migrate import upgrade
+from saia_ctl.scheduler.lease import begin_tick
 from saia_ctl.scheduler.names import job_name, name_prefix
 from saia_ctl.scheduler.observe import probe_targets, read_slurm, read_snapshot
 from saia_ctl.scheduler.plan import plan_tick
@@ -88,6 +94,67 @@ def setup(home: str, n_services: int, n_jobs: int) -> tuple[Settings, FakeSlurm]
     return settings, fake
 
 
+def busy_tick_wall(runs: int) -> float:
+    """Median wall seconds of a tick that finds the lease held by another host."""
+    walls = []
+    with tempfile.TemporaryDirectory() as home:
+        settings, fake = setup(home, 1, 0)
+        engine = engine_for(settings)
+        for _ in range(runs):
+            with engine.begin() as c:
+                c.execute(text("DELETE FROM scheduler_lease"))
+            begin_tick(engine, "other-host:1:abc", time.time(), settings.lease_ttl)
+            w0 = time.perf_counter()
+            r = run_tick(engine, settings, fake, prober=healthy, watch=False)
+            walls.append(time.perf_counter() - w0)
+            assert r.status == "busy", r.text()
+        engine.dispose()
+    return statistics.median(walls)
+
+
+def watch_detection_delay(runs: int) -> float:
+    """Median seconds from a backend's first good answer to its job's ready_at, while a request waits."""
+    return statistics.median(one_detection() for _ in range(runs))
+
+
+def one_detection() -> float:
+    with tempfile.TemporaryDirectory() as home:
+        setup(home, 1, 0)
+        env = {"SAIA_PORT_RANGE": "20000-29999", "SAIA_JOB_PREFIX": "bench", "SAIA_TICK_TIMEOUT": "8"}
+        settings = Settings(home=home, environ=env)
+        engine = engine_for(settings)
+        fake = FakeSlurm(time.time)
+        with write_session(engine) as s:
+            s.execute(text("UPDATE services SET maximum_number_instances = 1"))
+            s.execute(
+                text(
+                    "INSERT INTO requests (inference_id, user_id, service_id, method, path, started_at,"
+                    " bytes_in, bytes_out, handler_host, handler_pid) VALUES ('w', 'u', 'service-000',"
+                    " 'POST', '/v1/chat/completions', :at, 0, 0, 'bench-host', :pid)"
+                ),
+                {"at": time.time(), "pid": os.getpid()},
+            )
+        answering: list[float] = []
+
+        def prober(targets: Sequence[ProbeTarget], timeout: float) -> dict[int, ProbeResult]:
+            up = bool(answering)
+            return {t.job_id: ProbeResult(up, f"GET {t.path}: {200 if up else 'refused'}") for t in targets}
+
+        def backend_comes_up() -> None:
+            time.sleep(0.5)
+            fake.start(next(iter(fake.jobs)), node="gpu1")
+            time.sleep(0.5)
+            answering.append(time.time())
+
+        threading.Thread(target=backend_comes_up, daemon=True).start()
+        r = run_tick(engine, settings, fake, time.time, prober=prober, watch=True, hostname="bench-host")
+        with engine.connect() as c:
+            ready_at = c.execute(text("SELECT ready_at FROM jobs")).scalar_one()
+        engine.dispose()
+        assert ready_at is not None and answering, r.text()
+        return float(ready_at) - answering[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, default=100)
@@ -130,6 +197,10 @@ def main() -> int:
         )
         goal = statistics.median(plan_cpu) < 0.1
         print(f"goal (< 100 ms CPU planning): {'met' if goal else 'NOT met'}")
+        busy = busy_tick_wall(args.runs)
+        print(f"tick while the lease is held: median {busy * 1000:.1f} ms wall (goal < 1 s)")
+        detect = watch_detection_delay(max(1, args.runs // 2))
+        print(f"watching tick, backend answers -> ready: median {detect * 1000:.0f} ms (goal < 600 ms)")
         if args.json:
             scale = f"{args.services} services, {live} jobs"
             print(
@@ -145,6 +216,22 @@ def main() -> int:
                             ok=goal,
                         ),
                         Figure("tick", "squeue calls per tick", 1, "", goal="1", ok=True),
+                        Figure(
+                            "tick",
+                            "tick while the lease is held (wall)",
+                            round(busy * 1000, 1),
+                            "ms",
+                            goal="< 1000 ms",
+                            ok=busy < 1.0,
+                        ),
+                        Figure(
+                            "tick",
+                            "watching tick: backend answers -> ready",
+                            round(detect * 1000),
+                            "ms",
+                            goal="< 600 ms",
+                            ok=detect < 0.6,
+                        ),
                     ]
                 )
             )

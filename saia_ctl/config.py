@@ -1,4 +1,4 @@
-"""Import of the original SAIA ``config.json`` (see ``shared/spec/config.md``).
+"""Import of the original SAIA ``config.json`` (see ``docs/config.md``).
 
 Validation happens in full before anything is written: a bad file changes
 nothing, and every error names the service and the key. Unknown keys are kept
@@ -19,10 +19,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from . import wire_spec
 from .durations import DurationError, parse_duration
+from .errors import SaiaError
 from .models import Service, ServiceState
 
-ID_RE = re.compile(r"^[A-Za-z0-9._+-]{1,256}$")
+# A service id is line 3 of the wire protocol: its charset and length.
+ID_RE = re.compile(f"^{wire_spec.regex_class(wire_spec.ID_CHARS)}{{1,{wire_spec.MAX_FIELD}}}$")
 # Upper bound of every number and duration (seconds): fits a database INTEGER
 # with room to spare; infinity, NaN and 10**30 are refused here, by name, not
 # by SQLite later with a message that names nothing.
@@ -83,7 +86,7 @@ OPTIONAL_KEYS: tuple[OptionalKey, ...] = (
 _OPTIONAL = {k.name: k for k in OPTIONAL_KEYS}
 
 
-class ConfigError(ValueError):
+class ConfigError(SaiaError, ValueError):
     """config.json cannot be imported; the message names service and key."""
 
 
@@ -178,7 +181,8 @@ def parse_service(index: int, raw: Any, base_dir: str, warnings: list[str]) -> S
     sid = raw["id"]
     if not isinstance(sid, str) or not ID_RE.match(sid):
         raise ConfigError(
-            f"{where}: key 'id' must be 1-256 characters of A-Z a-z 0-9 . _ - +, not {json.dumps(sid)}"
+            f"{where}: key 'id' must be 1-{wire_spec.MAX_FIELD} characters of {wire_spec.ID_CHARS_TEXT}, "
+            f"not {json.dumps(sid)}"
         )
     name = _text(where, "name", raw["name"])
     owned_by = _text(where, "owned_by", raw["owned_by"])

@@ -1,4 +1,6 @@
-"""The only place that opens the database: URL, pragmas, transactions.
+"""The only place that opens the database with SQLAlchemy: URL, transactions;
+the connection pragmas are ``rawdb.apply_pragmas`` (one declaration for
+SQLAlchemy's connections and the raw ones).
 
 Transactions: the caller owns them. ``write_session`` takes SQLite's write
 lock up front (``BEGIN IMMEDIATE``), so a unit of work never fails half-way
@@ -17,10 +19,12 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
+from . import rawdb
+from .errors import SaiaError
 from .settings import Settings
 
 
-class DatabaseError(Exception):
+class DatabaseError(SaiaError):
     """The database cannot be used (missing, not migrated, unreadable)."""
 
 
@@ -32,12 +36,7 @@ def _engine(url: str, journal_mode: str, busy_timeout: float) -> Engine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # We issue BEGIN ourselves (below); pysqlite's own implicit BEGIN is off.
         dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute(f"PRAGMA journal_mode = {journal_mode}")
-        cur.execute("PRAGMA synchronous = " + ("NORMAL" if journal_mode == "wal" else "FULL"))
-        cur.close()
+        rawdb.apply_pragmas(dbapi_conn, journal_mode, busy_timeout)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import SaiaError
+
 _DURATION = re.compile(
     r"""^(?:(?P<days>\d+)-)?          # D-
         (?:(?P<a>\d+):)?              # first of H:MM:SS
@@ -16,7 +18,7 @@ _DAYS_HOURS = re.compile(r"^(?P<days>\d+)-(?P<hours>\d+)$")  # D-HH, Slurm input
 UNLIMITED = ("UNLIMITED", "INFINITE", "Partition_Limit")
 
 
-class DurationError(ValueError):
+class DurationError(SaiaError, ValueError):
     """Not a Slurm duration."""
 
 

@@ -10,7 +10,13 @@ from sqlalchemy import Engine, inspect, text
 
 from .db import DatabaseError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_PACKAGE = Path(__file__).resolve().parent
+# Installed from a wheel, migrations/ is inside the package (pyproject.toml maps
+# it there); in a checkout it is at the top of the repository.
+MIGRATIONS_DIR = next(
+    (d for d in (_PACKAGE / "migrations", _PACKAGE.parent / "migrations") if d.is_dir()),
+    _PACKAGE.parent / "migrations",
+)
 
 
 def _config(engine: Engine | None = None):  # type: ignore[no-untyped-def]

@@ -1,9 +1,9 @@
 """The schema: SQLAlchemy 2 typed models.
 
 Times are stored as UTC epoch seconds (REAL) so that the standard-library
-request path (``route.py``) can read and write them with ``time.time()`` and
+request path (``request_path/``) can read and write them with ``time.time()`` and
 plain SQL; the ORM sees timezone-aware UTC ``datetime`` objects.
-``route.py`` repeats the column names it uses; ``tests/test_schema_agreement.py``
+``request_path/store.py`` repeats the column names it uses; ``tests/test_schema_agreement.py``
 proves the two agree.
 """
 
@@ -143,7 +143,7 @@ class ServiceState(Base):
     target: Mapped[int] = mapped_column(Integer, default=0)  # last target the planner chose
     lower_since: Mapped[datetime | None]  # since when the wanted count has been below the live count
     last_busy_at: Mapped[datetime | None]  # last time a request was in flight
-    demand_at: Mapped[datetime | None]  # last request that found no ready job (written by route.py)
+    demand_at: Mapped[datetime | None]  # last request that found no ready job (written by the request path)
 
 
 class Job(Base):
@@ -188,7 +188,7 @@ class Job(Base):
 
 
 class Request(Base):
-    """One request that passed validation (written by route.py)."""
+    """One request that passed validation (written by the request path)."""
 
     __tablename__ = "requests"
 

@@ -1,6 +1,6 @@
-"""Global settings, declared once: name, default, help.
+"""Global settings, declared once: name, default, parser, help.
 
-Standard library only: the request path (``route.py``) imports this module on
+Standard library only: the request path (``request_path/``) imports this module on
 every request, so it must stay cheap. A value comes from, in order:
 
 1. the process environment (``SAIA_*``);
@@ -9,6 +9,12 @@ every request, so it must stay cheap. A value comes from, in order:
    operator configures the request path on a login node;
 3. the default below.
 
+Every value is parsed and checked when the settings are loaded: a bad one is a
+one-line ``SettingsError`` naming the setting and the value, before any work.
+The registry below also makes the README's settings table
+(``python -m saia_ctl.settings --markdown``; ``tests/test_docs.py`` holds the
+two equal).
+
 Per-service knobs (ready timeout, idle time, hold time, ...) live in
 ``config.json`` instead; see ``saia_ctl/config.py``.
 """
@@ -16,80 +22,204 @@ Per-service knobs (ready timeout, idle time, hold time, ...) live in
 from __future__ import annotations
 
 import os
+import sys
+
+from .errors import SaiaError
+
+TYPE_CHECKING = False  # typing costs milliseconds per request; mypy still sees these
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    Parser: TypeAlias = Callable[[str, str], Any]
 
 
-class SettingsError(ValueError):
+class SettingsError(SaiaError, ValueError):
     """A setting has a value that cannot be used."""
 
 
+# --- parsers: (setting name, text) -> value, or SettingsError ----------------
+
+
+def text(name: str, value: str) -> str:
+    return value
+
+
+def number(minimum: float) -> Parser:
+    """A number of at least ``minimum`` (seconds, mostly)."""
+
+    def parse(name: str, value: str) -> float:
+        try:
+            result = float(value)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, not {value!r}") from None
+        if not result >= minimum:  # also refuses nan
+            raise SettingsError(f"{name} must be at least {minimum:g}, not {value!r}")
+        return result
+
+    parse.__doc__ = f"a number ≥ {minimum:g}"
+    return parse
+
+
+_TRUE = ("on", "yes", "true", "1")
+_FALSE = ("off", "no", "false", "0")
+
+
+def boolean(name: str, value: str) -> bool:
+    """on/off, yes/no, true/false or 1/0, any case; anything else is an error, never "off"."""
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be on or off (yes/no, true/false, 1/0), not {value!r}")
+
+
+def choice(*words: str) -> Parser:
+    """One of ``words``, any case; the value is lower-cased."""
+
+    def parse(name: str, value: str) -> str:
+        word = value.strip().lower()
+        if word not in words:
+            listed = ", ".join(words[:-1]) + " or " + words[-1]
+            raise SettingsError(f"{name} must be {listed}, not {value!r}")
+        return word
+
+    return parse
+
+
+def job_prefix(name: str, value: str) -> str:
+    if not value or not all(c.isalnum() or c in "-." for c in value):
+        raise SettingsError(f"{name} must be letters, digits, '-' or '.', not {value!r}")
+    return value
+
+
+def port_range(name: str, value: str) -> tuple[int, int]:
+    low, sep, high = value.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise SettingsError(f"{name} must look like 61001-62000, not {value!r}") from None
+    if not sep or not (1024 <= lo <= hi <= 65535):
+        raise SettingsError(f"{name} must be LOW-HIGH within 1024-65535, not {value!r}")
+    return lo, hi
+
+
+def db_url(name: str, value: str) -> str:
+    if value:
+        sqlite_path(value)  # only SQLite is supported
+    return value
+
+
+def zone_name(name: str, value: str) -> str:
+    """Only that a name is given: the zone itself is looked up when first used
+    (``Settings.accounting_tz``), because importing zoneinfo costs ~10 ms and the
+    request path, which never needs it, loads the settings on every request."""
+    if not value.strip():
+        raise SettingsError(f"{name} must be a time zone such as UTC or Europe/Berlin, not {value!r}")
+    return value.strip()
+
+
 class Setting:
-    """One setting: name, default, help. (Not a dataclass: importing dataclasses
-    pulls in ``inspect``, ~15 ms on every request through route.py.)"""
+    """One setting: name, default, parser, help, and the ``Settings`` attribute it
+    fills. (Not a dataclass: importing dataclasses pulls in ``inspect``, ~15 ms on
+    every request through the request path.)"""
 
-    __slots__ = ("default", "help", "name")
+    __slots__ = ("attr", "default", "help", "name", "parse")
 
-    def __init__(self, name: str, default: str, help: str) -> None:
+    def __init__(self, name: str, default: str, parse: Parser, help: str, attr: str = "") -> None:
         self.name = name
         self.default = default
+        self.parse = parse
         self.help = help
+        self.attr = attr or name.removeprefix("SAIA_").lower()
 
     def __repr__(self) -> str:
         return f"Setting({self.name!r}, {self.default!r})"
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("SAIA_HOME", "", "State directory (database, logs, job output). `--home` wins."),
-    Setting("SAIA_DB_URL", "", "Database URL; default sqlite:///$SAIA_HOME/saia.db."),
+    Setting("SAIA_HOME", "", text, "State directory (database, logs, job output). `--home` wins."),
+    Setting(
+        "SAIA_DB_URL",
+        "",
+        db_url,
+        "Database URL (sqlite:///PATH); default sqlite:///$SAIA_HOME/saia.db.",
+        attr="_db_url",
+    ),
     Setting(
         "SAIA_JOURNAL_MODE",
         "delete",
+        choice("delete", "truncate", "persist", "wal"),
         "SQLite journal mode: delete/truncate/persist (safe on shared storage) or wal "
         "(only when every process shares one host's local disk).",
     ),
-    Setting("SAIA_BUSY_TIMEOUT", "30", "Seconds a connection waits for the SQLite write lock."),
-    Setting("SAIA_SLURM_BIN", "", "Folder holding sbatch/squeue/scancel/scontrol; default: PATH."),
+    Setting("SAIA_BUSY_TIMEOUT", "30", number(0), "Seconds a connection waits for the SQLite write lock."),
+    Setting("SAIA_SLURM_BIN", "", text, "Folder holding sbatch/squeue/scancel/scontrol; default: PATH."),
     Setting(
         "SAIA_SLURM_CONF",
         "",
+        text,
         "slurm.conf for the Slurm commands (exported as SLURM_CONF); default: Slurm's own lookup.",
     ),
-    Setting("SAIA_SLURM_TIMEOUT", "30", "Seconds before a Slurm command is given up."),
+    Setting("SAIA_SLURM_TIMEOUT", "30", number(1), "Seconds before a Slurm command is given up."),
     Setting(
         "SAIA_JOB_PREFIX",
         "saia",
+        job_prefix,
         "Prefix of the Slurm job names this installation submits; jobs are found by it.",
     ),
-    Setting("SAIA_PORT_RANGE", "61001-62000", "Ports handed to backend jobs, inclusive."),
+    Setting("SAIA_PORT_RANGE", "61001-62000", port_range, "Ports handed to backend jobs, inclusive."),
     Setting(
-        "SAIA_TICK_INTERVAL", "10", "`tick --if-due` runs only if the last tick began this many seconds ago."
+        "SAIA_TICK_INTERVAL",
+        "10",
+        number(0),
+        "`tick --if-due` runs only if the last tick began this many seconds ago.",
     ),
-    Setting("SAIA_TICK_TIMEOUT", "60", "Time bound of one tick, in seconds."),
-    Setting("SAIA_LEASE_TTL", "90", "Seconds after which a scheduler lease left by a killed tick expires."),
-    Setting("SAIA_PROBE_TIMEOUT", "2", "Seconds a readiness or health probe may take."),
+    Setting("SAIA_TICK_TIMEOUT", "60", number(1), "Time bound of one tick, in seconds."),
+    Setting(
+        "SAIA_LEASE_TTL",
+        "90",
+        number(1),
+        "Seconds after which a scheduler lease left by a killed tick expires.",
+    ),
+    Setting("SAIA_PROBE_TIMEOUT", "2", number(0.05), "Seconds a readiness or health probe may take."),
     Setting(
         "SAIA_CONNECT_TIMEOUT",
         "5",
+        number(0.05),
         "Seconds the request path waits to connect to a backend job (then 502/504).",
     ),
     Setting(
         "SAIA_BACKEND_TIMEOUT",
         "600",
+        number(0.05),
         "Seconds the request path waits for a backend's answer headers, and between two pieces of "
         "its answer (a long non-streaming answer sends nothing until it is done).",
     ),
-    Setting("SAIA_PYTHON", "", "Interpreter that runs background ticks; default: the running one."),
+    Setting(
+        "SAIA_PYTHON",
+        "",
+        text,
+        "Interpreter that runs background ticks; default: the running one.",
+        attr="_python",
+    ),
     Setting(
         "SAIA_ACCOUNTING_TZ",
         "UTC",
+        zone_name,
         "Zone (IANA name) the accounting months and days are cut in: the default of `report --tz` "
         "and `db prune --tz`, and the zone the tick keeps the report ledger in.",
+        attr="_accounting_tz",
     ),
     Setting(
         "SAIA_FORWARDER",
         "off",
+        boolean,
         "on: keep-alive keeps a long-lived forwarder running on the login node (python -m "
-        "saia_ctl.forwarder, local Unix socket) and cloud_interface.sh hands requests to it, "
-        "saving the interpreter start; without it, the one-process path. off: never.",
+        "saia_ctl.request_path.forwarder, local Unix socket) and cloud_interface.sh hands requests to it, "
+        "saving the interpreter start; without it, the one-process path. off: never. "
+        "Also yes/no, true/false, 1/0.",
     ),
 )
 
@@ -119,39 +249,54 @@ def _read_conf_file(home: str) -> dict[str, str]:
 
 
 class Settings:
-    """Resolved settings of one process."""
+    """Resolved settings of one process: every value parsed and checked here, once.
+
+    The attributes are the registry's ``attr`` names (a test holds the two equal).
+    """
+
+    home: str
+    _db_url: str
+    journal_mode: str
+    busy_timeout: float
+    slurm_bin: str
+    slurm_conf: str
+    slurm_timeout: float
+    job_prefix: str
+    port_range: tuple[int, int]
+    tick_interval: float
+    tick_timeout: float
+    lease_ttl: float
+    probe_timeout: float
+    connect_timeout: float
+    backend_timeout: float
+    _python: str
+    _accounting_tz: str
+    forwarder: bool
 
     def __init__(self, home: str | None = None, environ: dict[str, str] | None = None) -> None:
-        env = dict(os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
         home = home or env.get("SAIA_HOME") or ""
         if not home:
             raise SettingsError("no state directory: set SAIA_HOME or pass --home")
-        self.home = os.path.abspath(home)
-        conf = _read_conf_file(self.home)
+        home = os.path.abspath(home)
+        conf = _read_conf_file(home)
         self._values: dict[str, str] = {}
         for s in SETTINGS:
-            value = env.get(s.name)
+            value = home if s.name == "SAIA_HOME" else env.get(s.name)
             if value is None or value == "":
                 value = conf.get(s.name, s.default)
-            self._values[s.name] = value
-        self._values["SAIA_HOME"] = self.home
+            parsed = s.parse(s.name, value)
+            setattr(self, s.attr, parsed)
+            # raw() gives the canonical spelling of a flag: "on"/"off", whatever was written.
+            self._values[s.name] = ("on" if parsed else "off") if isinstance(parsed, bool) else value
 
     def raw(self, name: str) -> str:
+        """The text of a setting as given (a flag as ``on``/``off``)."""
         return self._values[name]
-
-    def _number(self, name: str, minimum: float = 0.0) -> float:
-        text = self._values[name]
-        try:
-            value = float(text)
-        except ValueError:
-            raise SettingsError(f"{name} must be a number, not {text!r}") from None
-        if value < minimum:
-            raise SettingsError(f"{name} must be at least {minimum:g}, not {text!r}")
-        return value
 
     @property
     def db_url(self) -> str:
-        return self._values["SAIA_DB_URL"] or f"sqlite:///{os.path.join(self.home, 'saia.db')}"
+        return self._db_url or f"sqlite:///{os.path.join(self.home, 'saia.db')}"
 
     @property
     def db_path(self) -> str:
@@ -159,89 +304,22 @@ class Settings:
         return sqlite_path(self.db_url)
 
     @property
-    def journal_mode(self) -> str:
-        mode = self._values["SAIA_JOURNAL_MODE"].lower()
-        if mode not in ("delete", "truncate", "persist", "wal"):
-            raise SettingsError(f"SAIA_JOURNAL_MODE must be delete, truncate, persist or wal, not {mode!r}")
-        return mode
-
-    @property
-    def busy_timeout(self) -> float:
-        return self._number("SAIA_BUSY_TIMEOUT")
-
-    @property
-    def slurm_bin(self) -> str:
-        return self._values["SAIA_SLURM_BIN"]
-
-    @property
-    def slurm_conf(self) -> str:
-        return self._values["SAIA_SLURM_CONF"]
-
-    @property
-    def slurm_timeout(self) -> float:
-        return self._number("SAIA_SLURM_TIMEOUT", 1)
-
-    @property
-    def job_prefix(self) -> str:
-        prefix = self._values["SAIA_JOB_PREFIX"]
-        if not prefix or not all(c.isalnum() or c in "-." for c in prefix):
-            raise SettingsError(f"SAIA_JOB_PREFIX must be letters, digits, '-' or '.', not {prefix!r}")
-        return prefix
-
-    @property
-    def port_range(self) -> tuple[int, int]:
-        text = self._values["SAIA_PORT_RANGE"]
-        low, sep, high = text.partition("-")
-        try:
-            lo, hi = int(low), int(high)
-        except ValueError:
-            raise SettingsError(f"SAIA_PORT_RANGE must look like 61001-62000, not {text!r}") from None
-        if not sep or not (1024 <= lo <= hi <= 65535):
-            raise SettingsError(f"SAIA_PORT_RANGE must be LOW-HIGH within 1024-65535, not {text!r}")
-        return lo, hi
-
-    @property
     def accounting_tz(self) -> str:
+        """The accounting zone, looked up now (see ``zone_name``)."""
         from .accounting.months import TimeError, zone  # stdlib only; not on the request path
 
-        name = self._values["SAIA_ACCOUNTING_TZ"]
         try:
-            zone(name)
+            zone(self._accounting_tz)
         except TimeError:
             raise SettingsError(
-                f"SAIA_ACCOUNTING_TZ must be a time zone such as UTC or Europe/Berlin, not {name!r}"
+                f"SAIA_ACCOUNTING_TZ must be a time zone such as UTC or Europe/Berlin, "
+                f"not {self._accounting_tz!r}"
             ) from None
-        return name
-
-    @property
-    def tick_interval(self) -> float:
-        return self._number("SAIA_TICK_INTERVAL")
-
-    @property
-    def tick_timeout(self) -> float:
-        return self._number("SAIA_TICK_TIMEOUT", 1)
-
-    @property
-    def lease_ttl(self) -> float:
-        return self._number("SAIA_LEASE_TTL", 1)
-
-    @property
-    def probe_timeout(self) -> float:
-        return self._number("SAIA_PROBE_TIMEOUT", 0.05)
-
-    @property
-    def connect_timeout(self) -> float:
-        return self._number("SAIA_CONNECT_TIMEOUT", 0.05)
-
-    @property
-    def backend_timeout(self) -> float:
-        return self._number("SAIA_BACKEND_TIMEOUT", 0.05)
+        return self._accounting_tz
 
     @property
     def python(self) -> str:
-        import sys
-
-        return self._values["SAIA_PYTHON"] or sys.executable
+        return self._python or sys.executable
 
     @property
     def log_dir(self) -> str:
@@ -260,3 +338,18 @@ def sqlite_path(url: str) -> str:
         raise SettingsError(f"SAIA_DB_URL must be sqlite:///PATH, not {url!r}")
     path = url[len(prefix) :].split("?", 1)[0]
     return path
+
+
+def markdown() -> str:
+    """The README's settings table, made from the registry."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else ""
+        lines.append(f"| `{s.name}` | {default} | {s.help} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m saia_ctl.settings --markdown  (prints the README's settings table)")
+    sys.stdout.write(markdown())

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .durations import DurationError, parse_duration
+from .errors import SaiaError
 
 if TYPE_CHECKING:
     from .settings import Settings
 
 
-class SlurmError(Exception):
+class SlurmError(SaiaError):
     """A Slurm command failed, timed out or answered something we cannot parse."""
 
 
@@ -372,7 +373,30 @@ class RealSlurm:
         output: str,
         extra_args: Sequence[str] = (),
     ) -> int:
-        argv = [
+        argv = self.sbatch_argv(
+            script, name=name, port=port, workdir=workdir, output=output, extra_args=extra_args
+        )
+        # The job inherits sbatch's environment (--export=ALL), so secrets go there, never on argv.
+        proc = self._run(argv, {**env, "SAIA_PORT": str(port)})
+        if proc.returncode != 0:
+            raise self._failure(proc)
+        try:
+            return parse_sbatch(proc.stdout)
+        except ValueError as e:
+            raise SlurmError(str(e)) from None
+
+    def sbatch_argv(
+        self,
+        script: str,
+        *,
+        name: str,
+        port: int,
+        workdir: str,
+        output: str,
+        extra_args: Sequence[str] = (),
+    ) -> list[str]:
+        """The argv ``submit`` runs (``test_submit`` checks the same options)."""
+        return [
             self._cmd("sbatch"),
             "--parsable",
             f"--job-name={name}",
@@ -382,14 +406,34 @@ class RealSlurm:
             script,
             str(port),
         ]
-        # The job inherits sbatch's environment (--export=ALL), so secrets go there, never on argv.
+
+    def test_submit(
+        self,
+        script: str,
+        *,
+        name: str,
+        port: int,
+        env: Mapping[str, str],
+        workdir: str,
+        output: str,
+        extra_args: Sequence[str] = (),
+    ) -> str:
+        """``sbatch --test-only`` with the argv of ``submit``: submits nothing, returns
+        Slurm's answer (when and where the job would start); SlurmError if it is refused."""
+        argv = self.sbatch_argv(
+            script, name=name, port=port, workdir=workdir, output=output, extra_args=extra_args
+        )
+        argv.insert(1, "--test-only")
         proc = self._run(argv, {**env, "SAIA_PORT": str(port)})
         if proc.returncode != 0:
             raise self._failure(proc)
-        try:
-            return parse_sbatch(proc.stdout)
-        except ValueError as e:
-            raise SlurmError(str(e)) from None
+        lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        return lines[-1] if lines else "accepted"
+
+    def run(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """One Slurm command by name, with this client's folder, SLURM_CONF and timeout
+        (for diagnostics such as ``saia-ctl doctor``); SlurmError if it cannot be run."""
+        return self._run([self._cmd(name), *args])
 
     def queue(self, name_prefix: str) -> list[SlurmJob]:
         proc = self._run([self._cmd("squeue"), "-h", "-t", "all", "-o", SQUEUE_FORMAT])

@@ -15,7 +15,13 @@
 # all four daemons run and the node is usable.
 #
 # Env overrides: SLURMCTLD_PORT (6817) SLURMD_PORT (6818) SSH_PORT (2222)
-#   SSH_USER (the invoking user) DEV_CPUS (16) DEV_GPUS (4)
+#   SSH_USER (the invoking user) DEV_CPUS (16) DEV_GPUS (4) DEV_WAIT (seconds
+#   each of Slurm and sshd may take to answer: 30). A port may be
+#   "auto": a free one outside the kernel's ephemeral range, where no outgoing
+#   connection takes it. A daemon that finds its port taken is started again on
+#   such a port (up to 3 times; env.sh and DIR/ports tell the ports in use). On
+#   a failure the tail of the failing daemon's log is printed: callers may
+#   delete DIR right after.
 # Needs root (daemons, mknod, /run/sshd). Nothing is written outside DIR except
 # /run/sshd (sshd's compiled-in privilege separation directory); no accounts
 # are created.
@@ -35,7 +41,32 @@ if [[ -s $D/ports ]]; then
   # shellcheck disable=SC1091
   source "$D/ports"
 fi
+# The kernel's ephemeral range: ports it hands to outgoing connections.
+read -r EPH_LO EPH_HI </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768 EPH_HI=60999; }
+port_used() { # anything bound to port $1, listening or connected (hex in /proc/net/tcp*)
+  grep -q "$(printf ':%04X ' "$1")" /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+pick_port() { # a free port in 10000-19999 outside the ephemeral range, not one of ours already
+  local p _
+  for _ in $(seq 200); do
+    p=$((10000 + RANDOM % 10000))
+    ((p >= EPH_LO && p <= EPH_HI)) && continue
+    [[ $p == "$CTLD_PORT" || $p == "$SLURMD_PORT" || $p == "$SSH_PORT" ]] && continue
+    port_used "$p" || { echo "$p"; return 0; }
+  done
+  echo "dev-cluster: no free port in 10000-19999 outside the ephemeral range $EPH_LO-$EPH_HI" >&2
+  return 1
+}
+[[ $CTLD_PORT != auto ]] || CTLD_PORT=$(pick_port)
+[[ $SLURMD_PORT != auto ]] || SLURMD_PORT=$(pick_port)
+[[ $SSH_PORT != auto ]] || SSH_PORT=$(pick_port)
+save_ports() {
+  printf 'CTLD_PORT=%d\nSLURMD_PORT=%d\nSSH_PORT=%d\nSSH_USER=%q\n' \
+    "$CTLD_PORT" "$SLURMD_PORT" "$SSH_PORT" "$SSH_USER" >"$D/ports.tmp"
+  mv "$D/ports.tmp" "$D/ports"
+}
 CPUS=${DEV_CPUS:-16}
+WAIT=${DEV_WAIT:-30}
 GPUS=${DEV_GPUS:-4}
 NODE=$(hostname -s)
 S=$D/ssh
@@ -60,14 +91,42 @@ wait_for() { # wait_for SECONDS DESCRIPTION CMD...   (bounded; CMD is an argv, n
   echo "dev-cluster: timeout after ${secs}s waiting for: $what" >&2
   return 1
 }
+# Logs: what a daemon wrote since a byte offset taken before it started.
+size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+bind_failed() { # bind_failed LOG OFFSET: the daemon found its port taken
+  tail -c +$(($2 + 1)) "$1" 2>/dev/null | grep -qiE 'address already in use|cannot bind any address'
+}
+died() { # died LOG OFFSET: the daemon logged a fatal error (no use waiting for it)
+  tail -c +$(($2 + 1)) "$1" 2>/dev/null | grep -qE '^(\[[^]]*\] )?fatal:'
+}
+show_log() { # the tail of a daemon's log on stderr
+  [[ -s $1 ]] || { echo "dev-cluster: $1 is empty or missing" >&2; return 0; }
+  echo "dev-cluster: last lines of $1:" >&2
+  tail -n 12 "$1" | sed 's/^/  | /' >&2
+}
+until_or_bind_failure() { # SECONDS DESCRIPTION CMD... with LOGS=(log offset ...): 0 ok, 2 a port taken, 1 failed
+  local secs=$1 what=$2 i; shift 2
+  local end=$((SECONDS + secs))
+  while ((SECONDS < end)); do
+    "$@" >/dev/null 2>&1 && return 0
+    for ((i = 0; i < ${#LOGS[@]}; i += 2)); do
+      bind_failed "${LOGS[i]}" "${LOGS[i + 1]}" && return 2
+      died "${LOGS[i]}" "${LOGS[i + 1]}" && { echo "dev-cluster: a daemon died waiting for: $what" >&2; return 1; }
+    done
+    sleep 0.2
+  done
+  echo "dev-cluster: timeout after ${secs}s waiting for: $what" >&2
+  return 1
+}
 node_usable() { [[ "$(sinfo -h -n "$NODE" -o %t 2>/dev/null)" =~ ^(idle|mix|alloc)$ ]]; }
 queue_empty() { local q; q=$(squeue -h -o %i) && [[ -z $q ]]; }
 ssh_opts() {
   echo "-p $SSH_PORT -i $S/client_key -o IdentitiesOnly=yes -o BatchMode=yes" \
     "-o StrictHostKeyChecking=no -o UserKnownHostsFile=$S/known_hosts -o LogLevel=ERROR"
 }
-ssh_ok() { # shellcheck disable=SC2046
-  ssh $(ssh_opts) "$SSH_USER@127.0.0.1" keep-alive | grep -q 'SSH_ORIGINAL_COMMAND=\[keep-alive\]'
+ssh_ok() { # bounded: whatever else holds the port may accept and never speak SSH
+  # shellcheck disable=SC2046
+  timeout 10 ssh $(ssh_opts) "$SSH_USER@127.0.0.1" keep-alive | grep -q 'SSH_ORIGINAL_COMMAND=\[keep-alive\]'
 }
 
 write_slurm_conf() {
@@ -153,7 +212,7 @@ EOF
     chmod 755 "$S/forced.sh.tmp"
     mv "$S/forced.sh.tmp" "$S/forced.sh"
   fi
-  # The default key's line; tests append their own keys (tests/cluster_fixture.py).
+  # The default key's line; tests append their own keys (tests/support/cluster.py).
   local line
   line="restrict,command=\"$S/forced.sh\" $(cat "$S/client_key.pub")"
   touch "$S/authorized_keys"
@@ -189,34 +248,83 @@ EOF
   mkdir -p "$S/home"
 }
 
+start_slurm() { # 0: the node is usable; 2: a port was taken (new ones chosen); 1: failed
+  local ctld_log=$D/log/slurmctld.log slurmd_log=$D/log/slurmd.log rc=0
+  LOGS=("$ctld_log" "$(size "$ctld_log")" "$slurmd_log" "$(size "$slurmd_log")")
+  alive "$D/slurmctld.pid" || slurmctld
+  alive "$D/slurmd.pid" || slurmd -N "$NODE"
+  until_or_bind_failure "$WAIT" "node $NODE idle" node_usable || rc=$?
+  ((rc != 0)) || return 0
+  if ((rc == 2)); then
+    stop "$D/slurmd.pid"
+    stop "$D/slurmctld.pid"
+    local old="$CTLD_PORT/$SLURMD_PORT"
+    if bind_failed "${LOGS[0]}" "${LOGS[1]}"; then CTLD_PORT=$(pick_port); fi
+    if bind_failed "${LOGS[2]}" "${LOGS[3]}"; then SLURMD_PORT=$(pick_port); fi
+    echo "dev-cluster: Slurm's ports $old: one was taken, trying $CTLD_PORT/$SLURMD_PORT" >&2
+    save_ports
+    write_slurm_conf
+    return 2
+  fi
+  show_log "$ctld_log"
+  show_log "$slurmd_log"
+  echo "dev-cluster: Slurm did not come up: node $NODE not idle (logs above)" >&2
+  return 1
+}
+
+start_sshd() { # 0: ssh reaches the forced command; 2: its port was taken (a new one chosen); 1: failed
+  local rc=0
+  write_sshd
+  /usr/sbin/sshd -t -f "$S/sshd_config" || return 1
+  LOGS=("$S/sshd.log" "$(size "$S/sshd.log")")
+  alive "$S/sshd.pid" || /usr/sbin/sshd -f "$S/sshd_config" -E "$S/sshd.log"
+  until_or_bind_failure "$WAIT" "ssh to the forced command" ssh_ok || rc=$?
+  ((rc != 0)) || return 0
+  if ((rc == 2)); then
+    stop "$S/sshd.pid"
+    local old=$SSH_PORT
+    SSH_PORT=$(pick_port)
+    echo "dev-cluster: sshd's port $old was taken, trying $SSH_PORT" >&2
+    save_ports
+    return 2
+  fi
+  show_log "$S/sshd.log"
+  if [[ $(getent shadow "$SSH_USER" | cut -d: -f2) == '!'* ]]; then
+    echo "dev-cluster: $SSH_USER's password is locked ('!'), which sshd rejects with UsePAM no" >&2
+  fi
+  echo "dev-cluster: sshd did not answer on port $SSH_PORT (log above)" >&2
+  return 1
+}
+
+retry() { # retry FUNCTION: again while it reports a taken port (2), at most 3 times
+  local attempt rc
+  for attempt in 1 2 3; do
+    rc=0
+    "$1" || rc=$?
+    ((rc == 2)) || return "$rc"
+  done
+  echo "dev-cluster: $1: ports taken $attempt times in a row, giving up" >&2
+  return 1
+}
+
 up() {
   command -v slurmctld >/dev/null || { echo "dev-cluster: slurmctld not found (run scripts/setup.sh)" >&2; exit 1; }
   getent passwd "$SSH_USER" >/dev/null || { echo "dev-cluster: no such user: $SSH_USER" >&2; exit 1; }
   mkdir -p "$D"/{munge,state,spool,log,ssh}
   chmod 755 "$D" "$D/munge" "$D/ssh"
-  [[ -s $D/ports ]] || printf 'CTLD_PORT=%d\nSLURMD_PORT=%d\nSSH_PORT=%d\nSSH_USER=%q\n' \
-    "$CTLD_PORT" "$SLURMD_PORT" "$SSH_PORT" "$SSH_USER" >"$D/ports"
+  [[ -s $D/ports ]] || save_ports
   # --- munge (socket dir must be 0755; key 0400)
   [[ -s $D/munge/munge.key ]] || { head -c 1024 /dev/urandom >"$D/munge/munge.key"; chmod 400 "$D/munge/munge.key"; }
   alive "$D/munge/munged.pid" || munged --socket="$D/munge/munge.socket" \
     --key-file="$D/munge/munge.key" --pid-file="$D/munge/munged.pid" \
-    --log-file="$D/munge/munged.log" --seed-file="$D/munge/munged.seed"
+    --log-file="$D/munge/munged.log" --seed-file="$D/munge/munged.seed" ||
+    { show_log "$D/munge/munged.log"; echo "dev-cluster: munged did not start (log above)" >&2; exit 1; }
   # --- Slurm (SLURM_CONF is honoured by the daemons and every client command)
   [[ -s $SLURM_CONF ]] || write_slurm_conf
-  alive "$D/slurmctld.pid" || slurmctld
-  alive "$D/slurmd.pid" || slurmd -N "$NODE"
-  wait_for 30 "node $NODE idle (see $D/log/slurmd.log)" node_usable
+  retry start_slurm || exit 1
   # --- sshd, logging in $SSH_USER with forced commands only
   mkdir -p /run/sshd && chmod 755 /run/sshd
-  write_sshd
-  /usr/sbin/sshd -t -f "$S/sshd_config"
-  alive "$S/sshd.pid" || /usr/sbin/sshd -f "$S/sshd_config" -E "$S/sshd.log"
-  if ! wait_for 15 "ssh to the forced command (see $S/sshd.log)" ssh_ok; then
-    if [[ $(getent shadow "$SSH_USER" | cut -d: -f2) == '!'* ]]; then
-      echo "dev-cluster: $SSH_USER's password is locked ('!'), which sshd rejects with UsePAM no" >&2
-    fi
-    exit 1
-  fi
+  retry start_sshd || exit 1
   cat >"$D/env.sh.tmp" <<EOF
 export SLURM_CONF=$SLURM_CONF
 export NODE=$NODE

@@ -61,9 +61,9 @@ else
   rm -rf .venv
   "$PY" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
+# Reinstall only when pyproject.toml or setup.py changed since the last install.
 stamp=.venv/.saia-setup-stamp
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py | sha256sum | cut -d" " -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]] || ! .venv/bin/python -c 'import saia_ctl, pytest, openai, aiohttp' 2>/dev/null; then
   log "installing saia-ctl[dev,proxy] (editable)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e "$REPO[dev,proxy]"

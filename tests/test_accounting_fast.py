@@ -42,8 +42,7 @@ from saia_ctl.accounting.ledger import fold
 from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.render import grid, render
 from saia_ctl.accounting.report import build, monthly_report
-from tests.test_accounting_report import JUNE, MAY, NOW, Rows, random_month
-from tests.test_accounting_report import rows as rows  # the fixture
+from tests.support.accounting import JUNE, MAY, NOW, Rows, random_month
 
 
 @dataclass

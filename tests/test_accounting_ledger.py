@@ -23,9 +23,8 @@ from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.render import render
 from saia_ctl.accounting.report import build, monthly_report
 from saia_ctl.accounting.scan import days_in
+from tests.support.accounting import JUNE, MAY, NOW, Rows, cli, random_month
 from tests.test_accounting_fast import reference_figures
-from tests.test_accounting_report import JUNE, MAY, NOW, Rows, cli, random_month
-from tests.test_accounting_report import rows as rows  # the fixture
 
 DAY = 86400.0
 FILTERS: list[dict[str, Any]] = [

@@ -8,8 +8,7 @@ import json
 import re
 from typing import Any
 
-from tests.test_accounting_report import MAY, Rows, cli
-from tests.test_accounting_report import rows as rows
+from tests.support.accounting import MAY, Rows, cli
 
 
 def test_jobs_list_live_all_service_and_formats(rows: Rows, monkeypatch: Any) -> None:

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from saia_ctl.accounting.prune import PruneError, prune
-from tests.test_accounting_report import JUNE, MAY, NOW, Rows, cli, random_month
-from tests.test_accounting_report import rows as rows
+from tests.support.accounting import JUNE, MAY, NOW, Rows, cli, random_month
 
 VARIANTS = [
     [],

@@ -3,139 +3,23 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
+import os
 import random
+import re
 import shutil
-import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from tabulate import tabulate
 
+from saia_ctl.accounting.columns import column
+from saia_ctl.accounting.render import grid
 from saia_ctl.accounting.report import monthly_report
-from saia_ctl.cli.main import app
-from saia_ctl.hotpath.store import FINISH_REQUEST_SQL, INSERT_REQUEST_SQL
-from tests.conftest import service_config
-
-MAY = datetime(2026, 5, 1, tzinfo=UTC).timestamp()
-JUNE = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
-NOW = datetime(2026, 7, 15, tzinfo=UTC).timestamp()
-
-
-class Rows:
-    """Writes jobs (as the scheduler does) and requests (through route.py's own statements)."""
-
-    def __init__(self, db: Path) -> None:
-        self.conn = sqlite3.connect(db, isolation_level=None)
-        self.n = 0
-
-    def job(
-        self,
-        service: str,
-        started: float | None,
-        ended: float | None = None,
-        *,
-        ready: float | None = None,
-        draining: float | None = None,
-        submitted: float | None = None,
-        gpus: int = 1,
-        state: str | None = None,
-        walltime: int | None = None,
-        end_reason: str | None = None,
-        slurm_id: int | None = None,
-    ) -> int:
-        self.n += 1
-        st = state or ("ended" if ended is not None else ("ready" if ready is not None else "starting"))
-        cur = self.conn.execute(
-            "INSERT INTO jobs (name, service_id, slurm_job_id, state, node, port, secret, submitted_at, started_at,"
-            " ready_at, draining_at, ended_at, walltime_limit, gpus, end_reason, health_failures)"
-            " VALUES (?, ?, ?, ?, 'node1', ?, 's', ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-            (
-                f"t_{self.n}_{service}",
-                service,
-                slurm_id if slurm_id is not None else 1000 + self.n,
-                st,
-                30000 + self.n,
-                submitted if submitted is not None else (started or 0) - 10,
-                started,
-                ready,
-                draining,
-                ended,
-                walltime,
-                gpus,
-                end_reason,
-            ),
-        )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
-
-    def request(
-        self,
-        user: str,
-        service: str,
-        job: int | None,
-        start: float,
-        end: float | None = None,
-        *,
-        status: int = 200,
-        outcome: str = "ok",
-        tin: int | None = 10,
-        tout: int | None = 20,
-        ttfb: float | None = 0.1,
-        error: str | None = None,
-    ) -> int:
-        self.n += 1
-        cur = self.conn.execute(
-            INSERT_REQUEST_SQL,
-            {
-                "inference_id": f"inf-{self.n}",
-                "user_id": user,
-                "service_id": service,
-                "job_id": job,
-                "method": "POST",
-                "path": "/v1/chat/completions",
-                "started_at": start,
-                "bytes_in": 100,
-                "handler_host": "login1",
-                "handler_pid": 4242,
-            },
-        )
-        rid = cur.lastrowid
-        if end is not None:
-            self.conn.execute(
-                FINISH_REQUEST_SQL,
-                {
-                    "id": rid,
-                    "job_id": job,
-                    "first_byte_at": None if ttfb is None else start + ttfb,
-                    "ended_at": end,
-                    "status": status,
-                    "outcome": outcome,
-                    "bytes_in": 100,
-                    "bytes_out": 200,
-                    "input_tokens": tin,
-                    "output_tokens": tout,
-                    "error": error,
-                },
-            )
-        assert rid is not None
-        return rid
-
-
-@pytest.fixture
-def rows(home: Path, import_services: Any, tmp_path: Path) -> Rows:
-    batch = tmp_path / "job.sbatch"
-    batch.write_text("#!/bin/sh\n")
-    import_services(*(service_config(s, sbatch=str(batch)) for s in ("svc-a", "svc-b", "svc-c")))
-    return Rows(home / "saia.db")
-
-
-def cli(*args: str) -> Any:
-    result = CliRunner().invoke(app, list(args))
-    return result
+from tests.support.accounting import JUNE, LONG_USER, MAY, NOW, Rows, busy_month, cli, random_month
 
 
 def report(engine: Any, month: str = "2026-05", **kw: Any) -> dict[str, Any]:
@@ -144,42 +28,6 @@ def report(engine: Any, month: str = "2026-05", **kw: Any) -> dict[str, Any]:
 
 def milli(x: float) -> int:
     return round(x * 1000)
-
-
-def random_month(rows: Rows, seed: int, n_requests: int = 400) -> list[tuple[Any, ...]]:
-    """Jobs and overlapping requests of several users; some cross the month edges."""
-    rng = random.Random(seed)
-    jobs = []
-    for svc in ("svc-a", "svc-b"):
-        for _k in range(3):
-            start = MAY - 3 * 86400 + rng.uniform(0, 40) * 86400
-            end = start + rng.uniform(0.1, 5) * 86400
-            ready = start + rng.uniform(60, 900)
-            jobs.append(
-                (
-                    rows.job(svc, start, min(end, NOW), ready=ready, gpus=rng.choice([1, 2, 4])),
-                    svc,
-                    start,
-                    end,
-                )
-            )
-    users = [f"user{i}" for i in range(12)]
-    for _ in range(n_requests):
-        jid, svc, js, je = rng.choice(jobs)
-        start = rng.uniform(js, je)
-        end = start + rng.expovariate(1 / 300)
-        outcome, status = rng.choice(
-            [("ok", 200)] * 6 + [("error", 404), ("error", 503), ("error", 200), ("aborted", 200)]
-        )
-        rows.request(
-            rng.choice(users), svc, jid, start, end, outcome=outcome, status=status, tin=rng.randint(0, 900)
-        )
-    # requests that never reached a job, and one still in flight
-    rows.request(
-        "user1", "svc-c", None, MAY + 5000, MAY + 5001, status=503, outcome="error", tin=None, tout=None
-    )
-    rows.request("user2", "svc-a", jobs[0][0], MAY + 7000, None)
-    return jobs
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -339,3 +187,122 @@ def test_anonymize_gives_stable_pseudonyms(rows: Rows, engine: Any, home: Path) 
     key.write_text("0" * 64 + "\n")  # another installation: other pseudonyms
     third = cli("report", "--month", "2026-05", "--anonymize", "--format", "json")
     assert json.loads(third.stdout)["users"][0]["user"] != user
+
+
+# --- Output for people: the compact table, --wide, --columns; JSON and CSV unchanged ----------
+
+GOLDEN = Path(__file__).parent / "data" / "report"
+
+
+def assert_golden(name: str, text: str) -> None:
+    """``text`` equals tests/data/report/``name`` (a readable diff if not);
+    SAIA_UPDATE_GOLDEN=1 rewrites the file."""
+    path = GOLDEN / name
+    if os.environ.get("SAIA_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    want = path.read_text()
+    if text != want:
+        diff = difflib.unified_diff(want.splitlines(), text.splitlines(), "golden", "got", lineterm="")
+        pytest.fail(f"{name} differs from its golden file:\n" + "\n".join(diff))
+
+
+def headers(table: str, section: str) -> list[str]:
+    """The column titles of one section of the terminal table (split on 2+ blanks)."""
+    lines = table.splitlines()
+    head = lines[lines.index(section) + 2]
+    return [t for t in re.split(r"\s{2,}", head.strip()) if t]
+
+
+def test_default_table_is_compact_with_human_titles_and_fits_120_columns(rows: Rows) -> None:
+    busy_month(rows)
+    r = cli("report", "--month", "2026-05", "--no-files")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120, max(lines, key=len)
+    want = ["Requests", "Errors", "Tokens in", "Tokens out", "p50 (s)", "p95 (s)", "GPU-hours"]
+    assert headers(r.stdout, "Users") == ["User", *want]
+    assert headers(r.stdout, "Services") == ["Service", *want]
+    assert headers(r.stdout, "Totals") == ["Users", "Services", *want]
+    assert "errors_4xx" not in r.stdout and "duration_p50_s" not in r.stdout
+    # a long id keeps its start and end; the others are whole; numbers have separators
+    assert "firstname.midd...example.org " in r.stdout and LONG_USER not in r.stdout
+    assert "svc-account-batch-0001 " in r.stdout and "617,283,945" in r.stdout
+    assert_golden("table.txt", r.stdout)
+
+
+def test_wide_shows_every_column_and_markdown_has_human_titles(rows: Rows, engine: Any) -> None:
+    busy_month(rows)
+    data = report(engine)
+    r = cli("report", "--month", "2026-05", "--no-files", "--wide")
+    assert r.exit_code == 0, r.stderr
+    for section, key in (("Users", "users"), ("Services", "services")):
+        assert headers(r.stdout, section) == [column(k).title for k in data[key][0]]  # same order
+    totals = ["Users", "Services", "Requests", "OK", "Errors", "4xx", "5xx", "Aborted", "In flight"]
+    totals += ["Tokens in", "Tokens out", "p50 (s)", "p95 (s)", "TTFB p50 (s)", "TTFB p95 (s)", "Jobs"]
+    totals += ["Jobs open", "GPU-hours", "Attributed GPU-h", "Idle GPU-h"]
+    assert headers(r.stdout, "Totals") == totals
+    assert sorted(totals) == sorted(column(k).title for k in data["totals"])
+    assert len(headers(r.stdout, "Services")) == 23 and "Attributed GPU-h" in r.stdout
+    assert LONG_USER in r.stdout  # whole ids in the wide table
+    r = cli("report", "--month", "2026-05", "--no-files", "--format", "markdown")
+    assert r.exit_code == 0, r.stderr
+    assert " 4xx |" in r.stdout and " Submit to ready p50 (s) |" in r.stdout
+    assert "errors_4xx" not in r.stdout and LONG_USER in r.stdout
+    assert_golden("report.md", r.stdout)
+
+
+def test_columns_picks_columns_and_rejects_unknown_keys(rows: Rows) -> None:
+    busy_month(rows)
+    r = cli("report", "--month", "2026-05", "--no-files", "--columns", "gpu_hours,errors_5xx")
+    assert r.exit_code == 0, r.stderr
+    assert headers(r.stdout, "Users") == ["User", "GPU-hours", "5xx"]  # the id, then as asked
+    assert headers(r.stdout, "Totals") == ["GPU-hours", "5xx"]
+    r = cli("report", "--month", "2026-05", "--no-files", "-f", "markdown", "--columns", "jobs")
+    assert r.exit_code == 0 and "| Service   |   Jobs |" in r.stdout and "| User" in r.stdout
+    r = cli("report", "--month", "2026-05", "--no-files", "--user", "user2", "--columns", "jobs")
+    assert r.exit_code == 0 and "Totals\n\n(none of the chosen columns)\n" in r.stdout
+    for args, message in (
+        (["--columns", "requests,nope"], "unknown column 'nope'; valid: user, service, users,"),
+        (["--columns", ","], "no column given; valid: user,"),
+        (["--columns", "requests", "--wide"], "--columns and --wide cannot be used together"),
+        (["--columns", "requests", "-f", "json"], "--columns applies to --format table or markdown"),
+        (["--wide", "-f", "csv"], "--wide applies to --format table or markdown"),
+    ):
+        r = cli("report", "--month", "2026-05", "--no-files", *args)
+        assert r.exit_code == 1 and r.stdout == "", args
+        assert r.stderr.startswith("Error: " + message) and r.stderr.count("\n") == 1, r.stderr
+    r = cli("report", "--month", "2026-05", "--no-files", "--columns", "nope")
+    assert "submit_to_ready_median_s" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_and_csv_keep_keys_and_plain_numbers(rows: Rows, tmp_path: Path) -> None:
+    """JSON and CSV are an interface: byte for byte what they were before human titles."""
+    busy_month(rows)
+    r = cli("report", "--month", "2026-05", "--format", "json", "--output", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.stderr
+    assert_golden("report.json", r.stdout)
+    r = cli("report", "--month", "2026-05", "--format", "csv", "--no-files")
+    assert r.exit_code == 0, r.stderr
+    assert_golden("report.csv", r.stdout)
+    for name in ("users.csv", "services.csv", "days.csv", "report.json"):
+        assert_golden(name, (tmp_path / "out" / name).read_text())
+
+
+def test_grid_right_aligns_numbers_as_tabulate_does() -> None:
+    rng = random.Random(12)
+    for _ in range(300):
+        cols = rng.randint(1, 6)
+        right = [rng.random() < 0.6 for _ in range(cols)]
+        heads = ["".join(rng.choice("abc XY-(s)") for _ in range(rng.randint(1, 12))).strip() or "h"]
+        heads += [f"col {i}" for i in range(1, cols)]
+        body = [[f"{rng.randint(0, 10 ** rng.randint(0, 9)):,}" for _ in range(cols)] for _ in range(5)]
+        for fmt in ("simple", "github"):
+            want = tabulate(
+                body,
+                headers=heads,
+                tablefmt=fmt,
+                disable_numparse=True,
+                colalign=["right" if r else "left" for r in right],
+            )
+            assert grid(body, heads, fmt, right) == want

@@ -23,7 +23,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from saia_ctl.cli.main import app
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")
 SERVERS = {("proxy",)}  # would serve forever on valid arguments

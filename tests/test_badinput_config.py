@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from saia_ctl.config import ConfigError, load_config
-from tests.conftest import REPO, service_config
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
 
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")
 SBATCH = str(REPO / "examples" / "saia" / "sbatch" / "example-service.sbatch")

@@ -6,7 +6,7 @@ what was wrong), reach no backend (a local backend is registered as the
 service's ready job and must see nothing), write no file outside the state
 directory (payloads like ``$(touch CANARY/x)`` must create nothing), and
 print no traceback. The bulk runs through the handler's in-process entry
-(``saia_ctl.route.run``); a few hundred, spread over every kind, through the
+(``saia_ctl.request_path.handler.run``); a few hundred, spread over every kind, through the
 real ``cloud_interface.sh`` process. Commands that are valid but nasty
 (shell syntax in header values and bodies) must reach the backend verbatim.
 """
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, service_config
-from tests.faultkit import (
-    Backend,
+from tests.support.backend import FakeBackend
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
+from tests.support.wire import (
     add_ready_job,
     assert_error_answer,
     interface_argv,
@@ -45,12 +46,12 @@ PROCESS_SAMPLE = 300
 @pytest.fixture
 def world(
     home: Path, import_services: Callable[..., None], tmp_path: Path
-) -> Iterator[tuple[Path, Backend, Path]]:
+) -> Iterator[tuple[Path, FakeBackend, Path]]:
     """A configured service whose one ready job is a local recording backend; a canary dir."""
     import_services(service_config(SERVICE, sbatch=SBATCH))
     canary = tmp_path / "canary"
     canary.mkdir()
-    with Backend("ok") as b:
+    with FakeBackend("ok") as b:
         add_ready_job(home, SERVICE, b.port)
         yield home, b, canary
 
@@ -343,7 +344,7 @@ def tree(root: Path) -> set[str]:
 
 
 def test_ten_thousand_bad_commands_in_process(
-    world: tuple[Path, Backend, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: tuple[Path, FakeBackend, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home, backend, canary = world
     monkeypatch.chdir(canary)  # a relative path written anywhere would land here
@@ -366,7 +367,7 @@ def test_ten_thousand_bad_commands_in_process(
     print(f"in-process bad inputs answered correctly: {len(cases)} {dict(statuses)}")
 
 
-def test_nul_bytes_are_refused_in_process(world: tuple[Path, Backend, Path]) -> None:
+def test_nul_bytes_are_refused_in_process(world: tuple[Path, FakeBackend, Path]) -> None:
     home, backend, _ = world
     rng = random.Random(3)
     for where in range(5):
@@ -402,7 +403,7 @@ def nasty_valid(canary: Path, n: int, seed: int = 99) -> list[tuple[bytes, bytes
 
 
 def test_shell_syntax_in_valid_requests_is_forwarded_verbatim_never_evaluated(
-    world: tuple[Path, Backend, Path], monkeypatch: pytest.MonkeyPatch
+    world: tuple[Path, FakeBackend, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home, backend, canary = world
     monkeypatch.chdir(canary)
@@ -440,7 +441,7 @@ def spread(cases: list[Case], n: int) -> list[Case]:
 
 
 def test_bad_commands_through_the_real_forced_command(
-    world: tuple[Path, Backend, Path], tmp_path: Path
+    world: tuple[Path, FakeBackend, Path], tmp_path: Path
 ) -> None:
     home, backend, canary = world
     outside = tree(tmp_path)
@@ -468,7 +469,7 @@ def test_bad_commands_through_the_real_forced_command(
 
 
 def test_nul_cannot_reach_the_process_and_a_truncated_command_is_refused(
-    world: tuple[Path, Backend, Path],
+    world: tuple[Path, FakeBackend, Path],
 ) -> None:
     """execve refuses NUL in the environment, and sshd takes the command as a C
     string: at most the part before the NUL arrives. That part is refused."""
@@ -496,7 +497,9 @@ def vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def test_a_body_larger_than_memory_allows_is_streamed_not_buffered(world: tuple[Path, Backend, Path]) -> None:
+def test_a_body_larger_than_memory_allows_is_streamed_not_buffered(
+    world: tuple[Path, FakeBackend, Path],
+) -> None:
     """128 MiB on stdin: forwarded whole while the handler stays small (it must stream)."""
     home, backend, _ = world
     size = 128 << 20

@@ -11,7 +11,7 @@ import typer
 from typer.main import get_command
 
 from saia_ctl.cli.main import app
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")
 
@@ -86,3 +86,109 @@ def test_bad_setting_is_one_line_error(home: Path) -> None:
     r = run("services", "list", env=env)
     assert r.returncode == 1
     assert r.stderr.startswith("Error: SAIA_JOURNAL_MODE must be") and len(r.stderr.splitlines()) == 1
+
+
+# --- errors: expected ones are one line; a bug is one line plus its traceback where an operator looks
+
+
+def _boom(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("provoked bug")
+
+
+def test_a_bug_is_one_line_and_its_traceback_goes_to_the_cli_log(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from saia_ctl.cli import common
+
+    monkeypatch.delenv("SAIA_DEBUG", raising=False)
+    monkeypatch.setattr(common, "engine", _boom)
+    result = CliRunner().invoke(app, ["services", "list"])
+    assert result.exit_code == 1
+    log = home / "logs" / "cli.log"
+    assert result.stderr == (
+        f"Error: unexpected RuntimeError: provoked bug (a bug; the traceback is in {log})\n"
+    )
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "in _boom" in text
+    assert "RuntimeError: provoked bug" in text and "saia-ctl" in text
+
+
+# The real entry point with common.engine (or the --home callback) broken on purpose.
+BROKEN = (
+    "import sys\n"
+    "from saia_ctl.cli import common\n"
+    "def boom(*a, **k):\n"
+    "    raise RuntimeError('provoked bug')\n"
+    "setattr(common, sys.argv.pop(1), boom)\n"
+    "from saia_ctl.cli.main import run\n"
+    "run()\n"
+)
+
+
+def run_broken(what: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    py = str(REPO / ".venv" / "bin" / "python")
+    return subprocess.run(
+        [py, "-c", BROKEN, what, *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_with_saia_debug_the_traceback_is_on_stderr_too(home: Path) -> None:
+    env = dict(os.environ, SAIA_DEBUG="1")
+    r = run_broken("engine", "services", "list", env=env)
+    assert r.returncode == 1
+    assert "Traceback (most recent call last)" in r.stderr and "RuntimeError: provoked bug" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("Error: unexpected RuntimeError: provoked bug")
+    assert "provoked bug" in (home / "logs" / "cli.log").read_text()
+
+
+def test_without_a_state_directory_the_traceback_goes_to_stderr(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SAIA_HOME", "SAIA_DEBUG")}
+    r = run_broken("engine", "services", "list", env=env)
+    assert r.returncode == 1
+    assert "Traceback (most recent call last)" in r.stderr and "in boom" in r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        "Error: unexpected RuntimeError: provoked bug (a bug; the traceback is printed above)"
+    )
+
+
+def test_a_bug_outside_any_command_body_is_caught_by_the_entry_point(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SAIA_DEBUG"}
+    r = run_broken("set_home", "services", "list", env=env)  # the --home callback
+    assert r.returncode == 1
+    assert (
+        r.stderr.startswith("Error: unexpected RuntimeError: provoked bug")
+        and len(r.stderr.splitlines()) == 1
+    )
+    assert "in boom" in (home / "logs" / "cli.log").read_text()
+
+
+def test_an_expected_error_is_exactly_one_line_and_logs_nothing(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SAIA_DEBUG"}
+    env["SAIA_FORWARDER"] = "yes please"
+    r = run("services", "list", env=env)
+    assert r.returncode == 1
+    assert r.stderr == (
+        "Error: SAIA_FORWARDER must be on or off (yes/no, true/false, 1/0), not 'yes please'\n"
+    )
+    assert not (home / "logs" / "cli.log").exists()
+
+
+def test_the_library_errors_users_cause_are_expected_ones() -> None:
+    from saia_ctl.accounting.months import TimeError
+    from saia_ctl.accounting.prune import PruneError
+    from saia_ctl.accounting.report import ReportError
+    from saia_ctl.cli.common import CLIError
+    from saia_ctl.config import ConfigError
+    from saia_ctl.db import DatabaseError
+    from saia_ctl.durations import DurationError
+    from saia_ctl.errors import SaiaError
+    from saia_ctl.proxy.apikeys import KeyFileError
+    from saia_ctl.settings import SettingsError
+    from saia_ctl.slurm import SlurmError
+
+    for cls in (TimeError, PruneError, ReportError, CLIError, ConfigError, DatabaseError, DurationError):
+        assert issubclass(cls, SaiaError), cls
+    for cls in (KeyFileError, SettingsError, SlurmError):
+        assert issubclass(cls, SaiaError), cls

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixture import DEV_CLUSTER, Cluster, start_cluster
+from tests.support.cluster import Cluster, start_cluster
+from tests.support.paths import DEV_CLUSTER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -126,3 +128,61 @@ def test_usage_errors() -> None:
     for argv in ([], ["up"], ["bogus", "/tmp/x"]):
         r = subprocess.run([str(DEV_CLUSTER), *argv], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and "usage" in r.stderr
+
+
+def _up(directory: Path, **ports: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **ports}
+    return subprocess.run(
+        [str(DEV_CLUSTER), "up", str(directory)], env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="saia-dc-"))
+    try:
+        yield directory
+    finally:
+        subprocess.run([str(DEV_CLUSTER), "down", str(directory)], capture_output=True, timeout=180)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_taken_ports_are_moved_out_of_the_ephemeral_range(folder: Path, cluster: Cluster) -> None:
+    """slurmctld's and sshd's ports are taken before they start: both move, and the cluster works."""
+    taken = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("0.0.0.0", 0))  # a port from the ephemeral range, as a free-port helper hands out
+        s.listen(1)
+        taken.append(s)
+    ctld, ssh_port = (int(s.getsockname()[1]) for s in taken)
+    try:
+        r = _up(folder, SLURMCTLD_PORT=str(ctld), SLURMD_PORT="auto", SSH_PORT=str(ssh_port))
+    finally:
+        for s in taken:
+            s.close()
+    assert r.returncode == 0, r.stderr
+    assert f"Slurm's ports {ctld}/" in r.stderr and f"sshd's port {ssh_port} was taken" in r.stderr
+    ports = dict(line.split("=", 1) for line in (folder / "ports").read_text().split())
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for name in ("CTLD_PORT", "SLURMD_PORT", "SSH_PORT"):
+        assert not low <= int(ports[name]) <= high, ports
+    assert int(ports["CTLD_PORT"]) != ctld and int(ports["SSH_PORT"]) != ssh_port
+    assert f"SlurmctldPort={ports['CTLD_PORT']}\n" in (folder / "slurm.conf").read_text()
+    ssh = subprocess.run(
+        ["bash", "-c", f'source {folder}/env.sh && ssh $SSH_OPTS "$SSH_TARGET" hello'],
+        capture_output=True,
+        timeout=30,
+    )
+    assert ssh.stdout == b"SSH_ORIGINAL_COMMAND=[hello]\n", ssh.stderr
+
+
+def test_a_failed_start_shows_the_daemons_log(folder: Path, cluster: Cluster) -> None:
+    """sshd refuses the user: the message carries sshd.log's last lines (the folder may be gone next)."""
+    env = {"SLURMCTLD_PORT": "auto", "SLURMD_PORT": "auto", "SSH_PORT": "auto"}
+    r = _up(folder, **env, SSH_USER="daemon", DEV_WAIT="3")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("dev-cluster: sshd did not answer on port"), r.stderr
+    assert f"dev-cluster: last lines of {folder}/ssh/sshd.log:" in lines
+    assert any(line.startswith("  | ") and "daemon" in line for line in lines[-5:]), r.stderr

@@ -15,7 +15,7 @@ from saia_ctl.db import write_session
 from saia_ctl.scheduler import run_tick
 from saia_ctl.scheduler.tick import make_slurm
 from saia_ctl.settings import Settings
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 @pytest.mark.cluster

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, service_config
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
 
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 from saia_ctl.config import OPTIONAL_KEYS
-from saia_ctl.settings import SETTINGS
-from tests.conftest import REPO
+from saia_ctl.proxy import config as proxy_config
+from saia_ctl.settings import SETTINGS, markdown
+from tests.support.paths import REPO
 
 README = (REPO / "README.md").read_text()
 
@@ -16,6 +17,20 @@ def test_every_setting_and_service_key_is_documented() -> None:
         assert f"`{s.name}`" in README, s.name
     for k in OPTIONAL_KEYS:
         assert f"`{k.name}`" in README, k.name
+
+
+def test_the_settings_table_is_the_registry_cell_for_cell() -> None:
+    """The README's table is exactly ``python -m saia_ctl.settings --markdown``."""
+    section = README.split("### Settings", 1)[1].split("\n#", 1)[0]
+    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+    assert table == markdown(), "regenerate with: python -m saia_ctl.settings --markdown"
+
+
+def test_the_proxy_options_table_is_the_declaration_cell_for_cell() -> None:
+    """The README's proxy options are exactly ``python -m saia_ctl.proxy.config --markdown``."""
+    section = README.split("## The cloud proxy", 1)[1].split("\n## ", 1)[0]
+    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+    assert table == proxy_config.markdown(), "regenerate with: python -m saia_ctl.proxy.config --markdown"
 
 
 def test_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, service_config
-from tests.faultkit import (
-    Backend,
+from tests.support.backend import FakeBackend
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
+from tests.support.wire import (
     add_ready_job,
     assert_error_answer,
     interface_argv,
@@ -53,7 +54,7 @@ def rows_by_id(home: Path) -> dict[str, dict[str, object]]:
 
 
 def test_backend_that_never_answers_gets_504_in_time(svc: Path) -> None:
-    with Backend("hang") as b:
+    with FakeBackend("hang") as b:
         add_ready_job(svc, SERVICE, b.port)
         for i in range(ROUNDS):
             t0 = time.monotonic()
@@ -67,7 +68,7 @@ def test_backend_that_never_answers_gets_504_in_time(svc: Path) -> None:
 
 
 def test_backend_that_answers_garbage_gets_502(svc: Path) -> None:
-    with Backend("garbage") as b:
+    with FakeBackend("garbage") as b:
         add_ready_job(svc, SERVICE, b.port)
         for i in range(ROUNDS):
             r = run_process(cmd(f"garbage-{i}"), svc)
@@ -79,7 +80,7 @@ def test_backend_that_answers_garbage_gets_502(svc: Path) -> None:
 
 
 def test_backend_dying_mid_stream_truncates_and_records_error(svc: Path) -> None:
-    with Backend("die", delay=0.05, events=6) as b:
+    with FakeBackend("die", delay=0.05, events=6) as b:
         add_ready_job(svc, SERVICE, b.port)
         for i in range(ROUNDS):
             r = run_process(cmd(f"die-{i}", stream=True), svc)
@@ -93,7 +94,7 @@ def test_backend_dying_mid_stream_truncates_and_records_error(svc: Path) -> None
 
 
 def test_client_gone_mid_stream_records_aborted(svc: Path) -> None:
-    with Backend("stream", delay=0.3, events=10) as b:
+    with FakeBackend("stream", delay=0.3, events=10) as b:
         add_ready_job(svc, SERVICE, b.port)
         for i in range(ROUNDS):
             env = {k.encode(): v.encode() for k, v in process_env(svc).items()}

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from saia_ctl.migrate import downgrade, head_revision
-from tests.conftest import REPO, service_config
-from tests.faultkit import Backend, add_ready_job, integrity, parse_http, request_rows, run_inproc
+from tests.support.backend import FakeBackend
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
+from tests.support.wire import add_ready_job, integrity, parse_http, request_rows, run_inproc
 
 SAIA = str(REPO / ".venv" / "bin" / "saia-ctl")
 SBATCH = str(REPO / "examples" / "saia" / "sbatch" / "example-service.sbatch")
@@ -37,7 +39,7 @@ def test_oldest_schema_with_data_is_upgraded_intact(
     home: Path, engine: Any, import_services: Callable[..., None]
 ) -> None:
     import_services(service_config("svc-a", sbatch=SBATCH), service_config("svc-b", sbatch=SBATCH))
-    with Backend("ok") as b:
+    with FakeBackend("ok") as b:
         add_ready_job(home, "svc-a", b.port)
         for i in range(5):
             cmd = f"old-{i}\nu{i}@x.de\nsvc-a\n/v1/chat/completions\n -X POST -d {{}}".encode()
@@ -62,7 +64,7 @@ def test_oldest_schema_with_data_is_upgraded_intact(
     assert integrity(db) == "ok"
     r = cli("services", "list", "--format", "json")
     assert r.returncode == 0 and "svc-b" in r.stdout
-    with Backend("ok") as b:  # and the upgraded database serves again
+    with FakeBackend("ok") as b:  # and the upgraded database serves again
         add_ready_job(home, "svc-b", b.port)
         cmd = b"new-1\nu@x.de\nsvc-b\n/v1/models\n -X GET"
         assert parse_http(run_inproc(cmd, home)).status == 200

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, service_config
-from tests.faultkit import (
-    PYTHON,
-    Backend,
+from tests.support.backend import FakeBackend
+from tests.support.fixtures import service_config
+from tests.support.paths import PYTHON, REPO
+from tests.support.wire import (
     add_ready_job,
     assert_error_answer,
     integrity,
@@ -140,7 +140,7 @@ def check_after_fault(home: Path, db: Path, before: list[tuple[object, ...]], wh
 
 def test_read_only_database(home: Path, dbfs: Path) -> None:
     db = dbfs / "saia.db"
-    with Backend("ok") as b:
+    with FakeBackend("ok") as b:
         _add_job(db, b.port)
         serve_some(home, "pre")
         before = snapshot(db)
@@ -157,7 +157,7 @@ def test_read_only_database(home: Path, dbfs: Path) -> None:
 
 def test_disk_full(home: Path, dbfs: Path) -> None:
     db = dbfs / "saia.db"
-    with Backend("ok") as b:
+    with FakeBackend("ok") as b:
         _add_job(db, b.port)
         serve_some(home, "pre")
         before = snapshot(db)

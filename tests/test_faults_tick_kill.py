@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, service_config
-from tests.faultkit import PYTHON
+from tests.support.fixtures import service_config
+from tests.support.paths import PYTHON, REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 

@@ -15,15 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_proxy_fakes import Fakes, make_fakes
+from tests.support.paths import REPO
+from tests.support.proxy_fakes import Fakes
 
-
-@pytest.fixture
-def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
-    return make_fakes(tmp_path, monkeypatch)
-
-
-REPO = Path(__file__).resolve().parent.parent
 SAIA_CTL = [sys.executable, "-c", "from saia_ctl.cli.main import run; run()", "proxy"]
 
 
@@ -32,19 +26,91 @@ def test_cli_imports_no_aiohttp() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
 
 
-def test_missing_aiohttp_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
+# The real entry point where importing aiohttp fails, as on an installation without the extra.
+WITHOUT_AIOHTTP = (
+    "import sys\n"
+    "class NoAiohttp:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'aiohttp':\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, NoAiohttp())\n"
+    "from saia_ctl.cli.main import run\n"
+    "run()\n"
+)
+
+
+@pytest.mark.parametrize("args", [[], ["--ssh-host", "login"]])
+def test_missing_aiohttp_is_a_one_line_error(args: list[str], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
+    r = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AIOHTTP, "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(env, PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1
+    assert r.stderr == (
+        "Error: the proxy needs aiohttp, which this installation lacks: pip install 'saia-ctl[proxy]'\n"
+    )
+    assert r.stdout == ""
+
+
+def test_options_come_from_the_one_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each declared option, given by its env var, lands in the config; unset, its default does."""
+    import dataclasses
 
     from saia_ctl.cli.main import app
+    from saia_ctl.proxy import server
+    from saia_ctl.proxy.config import OPTIONS, ProxyConfig
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "aiohttp" else real(name, *a)
-    )
+    seen: list[ProxyConfig] = []
+    monkeypatch.setattr(server, "serve", seen.append)
+    for o in OPTIONS:
+        monkeypatch.delenv(o.env, raising=False)
     result = CliRunner().invoke(app, ["proxy", "--ssh-host", "login"])
-    assert result.exit_code == 1
-    assert "saia-ctl[proxy]" in result.output and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 0, result.output
+    assert seen.pop() == ProxyConfig(ssh_host="login")
+
+    given = {
+        "ssh_host": "login2",
+        "host": "0.0.0.0",
+        "port": 8181,
+        "ssh_port": 2222,
+        "ssh_user": "saia",
+        "ssh_key": "/k",
+        "ssh_options": ("A=1", "B=2"),
+        "ssh_binary": "/bin/ssh2",
+        "control_dir": "/c",
+        "pool_size": 3,
+        "max_sessions": 7,
+        "keepalive_interval": 2.5,
+        "connect_timeout": 4.5,
+        "timeout": 30.5,
+        "user_header": "X-User",
+        "default_user": "anon",
+        "api_keys": "/keys",
+        "models_ttl": 1.5,
+        "max_body": 1000,
+        "log_level": "warning",
+    }
+    assert sorted(given) == sorted(o.name for o in OPTIONS)
+    env = {o.env: " ".join(given[o.name]) if o.repeatable else str(given[o.name]) for o in OPTIONS}
+    result = CliRunner().invoke(app, ["proxy"], env=env)
+    assert result.exit_code == 0, result.output
+    assert dataclasses.replace(ProxyConfig(), **given) == seen.pop()
+
+
+def test_help_shows_every_declared_option_with_its_env_var_and_default() -> None:
+    from saia_ctl.cli.main import app
+    from saia_ctl.proxy.config import OPTIONS
+
+    text = " ".join(CliRunner().invoke(app, ["proxy", "--help"], terminal_width=400).output.split())
+    for o in OPTIONS:
+        assert o.flag in text and o.env in text and " ".join(o.help.split()) in text, o.name
+        if o.default not in (None, (), ""):
+            assert f"default: {o.default}" in text, o.name
 
 
 def test_bad_options_are_one_line_errors() -> None:

@@ -30,8 +30,8 @@ import pytest
 
 from saia_ctl.proxy.config import ProxyConfig
 from saia_ctl.proxy.server import Proxy, running_in_thread
-from tests.conftest import service_config
-from tests.netkit import free_port as _free_port
+from tests.support.fixtures import service_config
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parent.parent
@@ -216,7 +216,7 @@ def test_dead_and_hung_masters_are_replaced(
 class PrivateSshd:
     def __init__(self, cluster: Any, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.config = root / "sshd_config"
         self.pidfile = root / "sshd.pid"
         self.log = root / "sshd.log"

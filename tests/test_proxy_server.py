@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -17,13 +16,7 @@ import pytest
 
 from saia_ctl.proxy.config import ProxyConfig
 from saia_ctl.proxy.server import Proxy, running_in_thread
-from tests.test_proxy_fakes import Fakes, make_fakes
-
-
-@pytest.fixture
-def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
-    return make_fakes(tmp_path, monkeypatch)
-
+from tests.support.proxy_fakes import Fakes
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, service_config
-from tests.data.wire.routekit import chat_body, command, parse_http, rows
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
+from tests.support.wire import chat_body, command, parse_as_proxy, rows
 
 pytestmark = pytest.mark.cluster
 
@@ -193,7 +194,7 @@ def test_chat_completions_through_ssh_arrive_intact_and_are_recorded(
             body=chat_body(max_tokens=12),
         ),
     )
-    status, _, body = parse_http(r.stdout)
+    status, _, body = parse_as_proxy(r.stdout)
     doc = json.loads(body)
     assert status == 200 and doc["usage"]["completion_tokens"] == 12
     [row] = rows(home / "saia.db", "inference_id = ?", (iid,))
@@ -208,7 +209,7 @@ def test_chat_completions_through_ssh_arrive_intact_and_are_recorded(
     r = ssh(
         cluster, world, command(iid, "bob", SERVICE, "/v1/chat/completions", headers=headers, body=body_s)
     )
-    status, _hdrs, out = parse_http(r.stdout)
+    status, _hdrs, out = parse_as_proxy(r.stdout)
     events = [e[6:] for e in out.split(b"\n\n") if e]
     assert status == 200 and events[-1] == b"[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -311,11 +312,10 @@ def test_keep_alive_and_status_through_ssh(cluster: Any, world: dict[str, Any]) 
     doc = json.loads(r.stdout)
     [svc] = [s for s in doc["services"] if s["id"] == SERVICE]
     assert svc["state"] == "ready" and svc["ready"] >= 1
-    t = time.monotonic()
-    r = ssh(cluster, world, b"keep-alive")
-    assert r.stdout == b"OK\n" and time.monotonic() - t < 5
+    r = ssh(cluster, world, b"keep-alive")  # bench/request_path.py times it
+    assert r.stdout == b"OK\n"
     r = ssh(cluster, world, b"id\nuser\nsvc\n/../x\n -X GET -d ")
-    assert parse_http(r.stdout)[0] == 400
+    assert parse_as_proxy(r.stdout)[0] == 400
 
 
 @pytest.mark.slow
@@ -342,7 +342,7 @@ def test_32_clients_x_50_requests_through_ssh(cluster: Any, world: dict[str, Any
             try:
                 r = subprocess.run([*cluster.ssh_argv(world["key"], *mux(c)), cmd.decode()],
                                    capture_output=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
-                status = parse_http(r.stdout)[0]
+                status = parse_as_proxy(r.stdout)[0]
             except Exception as e:  # collected and reported below
                 with lock:
                     failures.append(f"{c}-{i}: {e!r}")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from saia_ctl.hotpath.forward import BackendError, BrokenAnswer, ChunkDecoder, find_usage, parse_head
+from saia_ctl.request_path.forward import BackendError, BrokenAnswer, ChunkDecoder, find_usage, parse_head
 
 SSE = (
     b'data: {"choices": [{"delta": {"content": "say \\"usage\\": {\\"prompt_tokens\\": 99}"}}], "usage": null}\n\n'

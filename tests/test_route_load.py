@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import service_config
-from tests.data.wire.routekit import Backend, add_job, chat_body, command, parse_http, rows, run_interface
+from tests.support.backend import BackendProcess
+from tests.support.fixtures import service_config
+from tests.support.wire import add_job, chat_body, command, parse_as_proxy, rows, run_interface
 
 CLIENTS = 32
 PER_CLIENT = 50
@@ -22,7 +23,7 @@ PER_CLIENT = 50
 @pytest.mark.timeout(900)
 def test_32_clients_x_50_requests(home: Path, import_services: Any) -> None:
     import_services(service_config("svc", minimum_number_instances=0, maximum_number_instances=0))
-    a, b = Backend(), Backend()
+    a, b = BackendProcess(), BackendProcess()
     try:
         add_job(home / "saia.db", "svc", a.port, a.secret)
         add_job(home / "saia.db", "svc", b.port, b.secret)
@@ -38,7 +39,7 @@ def test_32_clients_x_50_requests(home: Path, import_services: Any) -> None:
                               headers={"content-type": "application/json"}, body=body)  # fmt: skip
                 try:
                     r = run_interface(home, cmd, timeout=120)
-                    status = parse_http(r.stdout)[0]
+                    status = parse_as_proxy(r.stdout)[0]
                     err = r.stderr.decode(errors="replace")
                 except Exception as e:
                     with lock:

@@ -14,11 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saia_ctl import route
-from saia_ctl.hotpath import wire
-from saia_ctl.hotpath.wire import ParsedRequest, WireError, parse_command
-from tests.conftest import service_config
-from tests.data.wire.routekit import add_job, command, parse_http
+from saia_ctl.request_path import handler, wire
+from saia_ctl.request_path.wire import ParsedRequest, WireError, parse_command
+from tests.support.fixtures import service_config
+from tests.support.wire import add_job, command, parse_as_proxy
 
 HEAD = b"id-1\njdoe@uni-x.de\nsvc\n/v1/chat/completions\n"
 
@@ -199,7 +198,7 @@ def test_limits_are_inclusive() -> None:
 
 def test_error_response_is_complete_http() -> None:
     raw = wire.error_response(400, 'bad "thing"', (("Retry-After", "5"),), {"x": 1})
-    status, headers, body = parse_http(raw)
+    status, headers, body = parse_as_proxy(raw)
     assert status == 400
     assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert dict(headers)["Content-Length"] == str(len(body))
@@ -220,7 +219,7 @@ def run_inprocess(home: Path, raw: bytes, stdin: bytes = b"") -> tuple[int, byte
     os.write(in_w, stdin)
     os.close(in_w)
     try:
-        rc = route.run(raw, stdin=in_r, stdout=out_w, environ={"SAIA_HOME": str(home)})
+        rc = handler.run(raw, stdin=in_r, stdout=out_w, environ={"SAIA_HOME": str(home)})
         with pytest.raises(OSError):  # run() closed its stdout
             os.close(out_w)
         chunks = []
@@ -260,11 +259,11 @@ def _calls(listener: socket.socket) -> int:
 
 def test_inprocess_bad_request_answers_400_and_records_nothing(home: Path, trap: socket.socket) -> None:
     rc, out = run_inprocess(home, b"id\nuser\nsvc\n/../x\n -X GET -d ")
-    status, _, body = parse_http(out)
+    status, _, body = parse_as_proxy(out)
     assert (rc, status) == (1, 400)
     assert b".." in body
     rc, out = run_inprocess(home, b"id\nuser\nnope\n/x\n -X GET -d ")
-    assert parse_http(out)[0] == 404
+    assert parse_as_proxy(out)[0] == 404
     assert _calls(trap) == 0
     with sqlite3.connect(home / "saia.db") as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone() == (0,)
@@ -273,7 +272,7 @@ def test_inprocess_bad_request_answers_400_and_records_nothing(home: Path, trap:
 def test_inprocess_valid_request_reaches_the_trap(home: Path, trap: socket.socket) -> None:
     """The trap itself works: a valid request does call it (then times out quickly)."""
     _rc, out = run_inprocess(home, b"id\nuser\nsvc\n/x\n -X GET -d ")
-    assert parse_http(out)[0] == 504
+    assert parse_as_proxy(out)[0] == 504
     assert _calls(trap) == 1
 
 
@@ -295,7 +294,7 @@ def test_random_bytes_only_ever_give_400_or_404(
         pytest.fail(f"exception {e!r} for {raw!r}")
     if out == b"OK\n" or out.startswith(b'{"services"'):
         return  # hypothesis found a control word
-    status, _, _ = parse_http(out)
+    status, _, _ = parse_as_proxy(out)
     assert status in (400, 404), raw
     assert _calls(trap) == 0
 
@@ -317,5 +316,5 @@ def test_random_bytes_in_one_field_of_a_good_request(
     if parsed is not None:
         _calls(trap)
         return  # junk that happens to be valid (e.g. a token header); forwarded, as it should be
-    assert parse_http(out)[0] in (400, 404)
+    assert parse_as_proxy(out)[0] in (400, 404)
     assert _calls(trap) == 0

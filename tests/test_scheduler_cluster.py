@@ -22,7 +22,8 @@ from saia_ctl.scheduler.names import name_prefix
 from saia_ctl.scheduler.tick import TickResult, make_slurm, run_tick
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import SlurmClient, SlurmError
-from tests.conftest import REPO, service_config
+from tests.support.fixtures import service_config
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.cluster
 BACKEND = REPO / "tests" / "data" / "scheduler_backend.sbatch"
@@ -32,6 +33,7 @@ BACKEND = REPO / "tests" / "data" / "scheduler_backend.sbatch"
 def real(cluster: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """Settings, engine and the real Slurm client of a test home; cancels its jobs at the end."""
     monkeypatch.setenv("SAIA_TEST_PYTHON", sys.executable)
+    monkeypatch.setenv("SAIA_TEST_BACKEND", str(REPO / "tests" / "support" / "backend.py"))  # for copies
     monkeypatch.setenv("SLURM_CONF", cluster.slurm_conf)
     settings = Settings(home=str(home))
     slurm = make_slurm(settings)
@@ -240,7 +242,7 @@ def test_detection_delay_from_zero(real, import_services, tmp_path, monkeypatch)
     print(
         f"\nfrom request: queue wait ~{queue_wait:.2f}s, service start {start:.2f}s, detection {detect:.2f}s"
     )
-    assert 0 <= detect < 1.0
+    assert detect >= 0  # ready only once it listened (bench/tick.py times the detection)
 
 
 def _slurmctld(cluster: Any, action: str) -> None:

@@ -10,13 +10,32 @@ import pytest
 from saia_ctl.scheduler.names import job_name, name_prefix, parse_job_name
 from saia_ctl.scheduler.plan import (
     DRAIN_GRACE,
+    ScaleDown,
+    Wanted,
     end_reason_from_slurm,
     plan_tick,
+    scale_down_now,
+    seconds_to_wait,
+    summary_line,
     target_from_load,
     update_load_avg,
+    wanted_count,
 )
-from saia_ctl.scheduler.views import JobView, Observation, ProbeResult, ServiceView
+from saia_ctl.scheduler.views import (
+    UNSET,
+    Action,
+    ActionKind,
+    EndReason,
+    JobChange,
+    JobView,
+    Observation,
+    ProbeResult,
+    ServiceView,
+    SubmitReason,
+)
 from saia_ctl.slurm import SlurmJob
+
+SCALE_UP, DEMAND = SubmitReason.SCALE_UP, SubmitReason.DEMAND
 
 NOW = 1_780_000_000.0
 PREFIX = "tp_"
@@ -201,7 +220,7 @@ def test_scale_down_victims(
     queue = [pending(j) if j.state == "pending" else running(j) for j in jobs]
     probes = {j.id: ProbeResult(j.state == "ready", "x") for j in jobs}
     plan = plan_tick(obs([s], jobs, queue, probes=probes), PREFIX)
-    assert sorted(i for i, c in plan.job_changes.items() if c.get("state") == "draining") == drained
+    assert sorted(i for i, c in plan.job_changes.items() if c.state == "draining") == drained
     assert sorted(c.job_id for c in plan.cancels if c.job_id is not None) == cancelled
 
 
@@ -210,7 +229,7 @@ def test_scale_down_waits_for_cooldown() -> None:
     s = svc(lower_since=None, load_avg=0.0)
     probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
     plan = plan_tick(obs([s], jobs, [running(j) for j in jobs], probes=probes), PREFIX)
-    assert not any(c.get("state") == "draining" for c in plan.job_changes.values())
+    assert not any(c.state == "draining" for c in plan.job_changes.values())
     assert plan.service_updates[0].lower_since == NOW
     assert "cool-down 120s left" in plan.summary[0]
 
@@ -239,7 +258,7 @@ def test_rotation_submits_replacement_and_keeps_old_serving() -> None:
     s = svc()
     plan = plan_tick(obs([s], [old], [running(old, 3500)], probes={1: ProbeResult(True, "200")}), PREFIX)
     assert [(x.reason, x.replaces_job_id) for x in plan.submits] == [("rotation", 1)]
-    assert 1 not in plan.job_changes or plan.job_changes[1].get("state") is None
+    assert 1 not in plan.job_changes or plan.job_changes[1].state is UNSET
     # Next tick: the replacement is pending; nothing more is submitted, the old job still serves.
     new = job(2, "pending", node=None, started_at=None, replaces_job_id=1)
     plan = plan_tick(
@@ -250,8 +269,8 @@ def test_rotation_submits_replacement_and_keeps_old_serving() -> None:
     new = job(2, "starting", replaces_job_id=1)
     probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
     plan = plan_tick(obs([s], [old, new], [running(old, 3520), running(new, 5)], probes=probes), PREFIX)
-    assert plan.job_changes[2]["state"] == "ready"
-    assert plan.job_changes[1]["state"] == "draining" and plan.job_changes[1]["end_reason"] == "rotated"
+    assert plan.job_changes[2].state == "ready"
+    assert plan.job_changes[1].state == "draining" and plan.job_changes[1].end_reason == "rotated"
     assert plan.submits == []
 
 
@@ -284,7 +303,7 @@ def test_orphans_cancelled_foreign_jobs_left_alone() -> None:
 def test_requeued_job_goes_back_to_pending() -> None:
     j = job(1)
     plan = plan_tick(obs([svc()], [j], [pending(j)]), PREFIX)
-    assert plan.job_changes[1]["state"] == "pending" and plan.job_changes[1]["node"] is None
+    assert plan.job_changes[1].state == "pending" and plan.job_changes[1].node is None
 
 
 def test_summary_line_reads_like_the_issue() -> None:
@@ -311,7 +330,7 @@ def test_pending_replacement_is_not_cancelled_as_surplus_while_its_old_job_serve
     probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
     plan = plan_tick(obs([s], [old, other, repl], queue, probes=probes), PREFIX)
     assert 3 not in {c.job_id for c in plan.cancels}
-    assert plan.job_changes.get(3, {}).get("state") != "draining"
+    assert plan.job_changes.get(3, JobChange()).state != "draining"
 
 
 def test_surplus_pending_job_without_a_job_to_replace_is_cancelled() -> None:
@@ -321,7 +340,7 @@ def test_surplus_pending_job_without_a_job_to_replace_is_cancelled() -> None:
     plan = plan_tick(
         obs([s], [a, extra], [running(a, 100), pending(extra)], probes={1: ProbeResult(True, "200")}), PREFIX
     )
-    assert plan.job_changes[2]["state"] == "draining" and plan.job_changes[2]["end_reason"] == "surplus"
+    assert plan.job_changes[2].state == "draining" and plan.job_changes[2].end_reason == "surplus"
 
 
 def test_ready_job_near_its_walltime_leaves_routing_even_without_replacement() -> None:
@@ -332,8 +351,8 @@ def test_ready_job_near_its_walltime_leaves_routing_even_without_replacement() -
         obs([s], [old, repl], [running(old, 3570), pending(repl)], probes={1: ProbeResult(True, "200")}),
         PREFIX,
     )
-    assert plan.job_changes[1]["state"] == "draining"
-    assert plan.job_changes[1]["end_reason"] == "walltime-ending"
+    assert plan.job_changes[1].state == "draining"
+    assert plan.job_changes[1].end_reason == "walltime-ending"
     assert any("walltime ending" in line for line in plan.summary)
 
 
@@ -355,3 +374,230 @@ def test_back_off_after_jobs_that_never_became_ready(failed: int, ago: float, su
     assert len(plan.submits) == submits
     if not submits:
         assert any("backing off" in line for line in plan.summary)
+
+
+# --- a reused Slurm id (the planner's side of tests/test_faults_daemons.py's controller crash)
+
+
+def test_a_reused_slurm_id_is_not_taken_for_our_lost_job() -> None:
+    """After a controller crash our job 1001 is gone and someone else's job got its id."""
+    ours = job(1, "ready")
+    theirs = SlurmJob(1001, "someone-else", "RUNNING", node="n1", elapsed=5, time_limit=3600)
+    plan = plan_tick(obs([svc(minimum=1)], [ours], [], job_info={1001: theirs}), PREFIX)
+    assert plan.job_changes[1].state == "ended" and plan.job_changes[1].end_reason == "gone"
+    assert plan.job_changes[1].ended_at == NOW
+    assert [c.slurm_job_id for c in plan.cancels] == [] and len(plan.submits) == 1
+
+
+# --- the named steps of planning one service
+
+
+@pytest.mark.parametrize(
+    ("service", "base", "counted", "latest_ready", "last_busy", "expected"),
+    [
+        # the load's target as it is
+        (dict(minimum=0), 2, 2, None, NOW, Wanted(2, SCALE_UP, False, ())),
+        (dict(minimum=1), 1, 1, None, None, Wanted(1, SCALE_UP, False, ("min 1",))),
+        # disabled: zero, whatever the load
+        (dict(enabled=False, waiting=3), 3, 2, None, NOW, Wanted(0, SCALE_UP, False, ("disabled",))),
+        # waiting requests or on-demand start one job; they also make it a "demand" start
+        (dict(minimum=0, waiting=2), 0, 0, None, None, Wanted(1, DEMAND, False, ("2 waiting",))),
+        (dict(minimum=0, demand_at=NOW - 1), 0, 0, None, None, Wanted(1, DEMAND, False, ("on demand",))),
+        (
+            dict(minimum=0, demand_at=NOW - 9, last_submit_at=NOW - 5),
+            0,
+            0,
+            None,
+            None,
+            Wanted(0, SCALE_UP, False, ()),
+        ),
+        (dict(minimum=0, maximum=0, waiting=1), 0, 0, None, None, Wanted(0, DEMAND, False, ())),
+        # requests in flight keep one job
+        (dict(minimum=0, in_flight=1), 0, 1, None, NOW, Wanted(1, SCALE_UP, False, ("1 in flight",))),
+        # idle: kept until idle_timeout, then straight to zero
+        (
+            dict(minimum=0, idle_timeout=900),
+            0,
+            1,
+            NOW - 100,
+            NOW - 300,
+            Wanted(1, SCALE_UP, False, ("idle 100s of 900s",)),
+        ),
+        (
+            dict(minimum=0, idle_timeout=900),
+            1,
+            1,
+            NOW - 1000,
+            NOW - 950,
+            Wanted(0, SCALE_UP, True, ("idle for 900s or more: scale to zero",)),
+        ),
+        (
+            dict(minimum=0, idle_timeout=900),
+            0,
+            1,
+            None,
+            None,
+            Wanted(0, SCALE_UP, True, ("idle for 900s or more: scale to zero",)),
+        ),
+        # with no job counted there is nothing to scale to zero
+        (dict(minimum=0, idle_timeout=900), 0, 0, None, None, Wanted(0, SCALE_UP, False, ())),
+    ],
+)
+def test_wanted_count(
+    service: dict[str, Any],
+    base: int,
+    counted: int,
+    latest_ready: float | None,
+    last_busy: float | None,
+    expected: Wanted,
+) -> None:
+    assert wanted_count(svc(**service), base, counted, latest_ready, last_busy, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("states", "notes", "did", "line"),
+    [
+        ([], (), [], "svc: target 1 (avg 0.50 in flight / 1 per instance), 0 ready, 0 starting, 0 pending"),
+        (
+            ["ready", "starting", "pending", "submitting", "draining"],
+            ("min 1",),
+            ["submitting 1", "cancelling 1"],
+            "svc: target 1 (avg 0.50 in flight / 1 per instance; min 1), 1 ready, 1 starting, 2 pending, "
+            "1 draining, submitting 1, cancelling 1",
+        ),
+    ],
+)
+def test_summary_line(states: list[str], notes: tuple[str, ...], did: list[str], line: str) -> None:
+    assert summary_line(svc(), Wanted(1, SCALE_UP, False, notes), 0.5, states, did) == line
+
+
+# --- the contracts
+
+
+def test_end_reasons_keep_their_stored_strings() -> None:
+    """The values are in the database and in reports: renaming one breaks both."""
+    assert {r.name: r.value for r in EndReason} == {
+        "COMPLETED": "completed",
+        "CANCELLED": "cancelled",
+        "TIMEOUT": "timeout",
+        "FAILED": "failed",
+        "NODE_FAILURE": "node-failure",
+        "PREEMPTED": "preempted",
+        "OUT_OF_MEMORY": "out-of-memory",
+        "BOOT_FAILURE": "boot-failure",
+        "DEADLINE": "deadline",
+        "GONE": "gone",
+        "SUBMIT_FAILED": "submit-failed",
+        "NOT_SUBMITTED": "not-submitted",
+        "READY_TIMEOUT": "ready-timeout",
+        "UNHEALTHY": "unhealthy",
+        "SURPLUS": "surplus",
+        "SCALE_DOWN": "scale-down",
+        "IDLE": "idle",
+        "DISABLED": "disabled",
+        "ROTATED": "rotated",
+        "EXPIRING": "expiring",
+        "WALLTIME_ENDING": "walltime-ending",
+        "DRAINED": "drained",
+        "ORPHAN": "orphan",
+    }
+    assert f"{EndReason.SCALE_DOWN}" == "scale-down" and EndReason.IDLE == "idle"
+
+
+def test_unknown_slurm_end_state_is_kept_in_lower_case() -> None:
+    assert end_reason_from_slurm(SlurmJob(1, "x", "SPECIAL_EXIT")) == "special-exit"
+
+
+@pytest.mark.parametrize(
+    ("action", "logged"),
+    [
+        (
+            Action(ActionKind.END, service="svc", job=1, reason=EndReason.SUBMIT_FAILED),
+            {"action": "end", "service": "svc", "job": 1, "slurm_job_id": None, "reason": "submit-failed"},
+        ),
+        (
+            Action(ActionKind.DRAIN, service="svc", job=2, reason=EndReason.UNHEALTHY, detail="3 failed"),
+            {"action": "drain", "service": "svc", "job": 2, "reason": "unhealthy", "detail": "3 failed"},
+        ),
+        (
+            Action(ActionKind.CANCEL, slurm_job_id=7, name="tp_9_svc", reason=EndReason.ORPHAN),
+            {"action": "cancel", "slurm_job_id": 7, "name": "tp_9_svc", "reason": "orphan"},
+        ),
+        (
+            Action(
+                ActionKind.SUBMIT,
+                service="svc",
+                job=3,
+                slurm_job_id=8,
+                port=30003,
+                reason="rotation",
+                replaces=1,
+            ),
+            {
+                "action": "submit",
+                "service": "svc",
+                "job": 3,
+                "slurm_job_id": 8,
+                "port": 30003,
+                "reason": "rotation",
+                "replaces": 1,
+            },
+        ),
+        (
+            Action(ActionKind.BACKOFF, service="svc", failed_starts=2, seconds=12.5),
+            {"action": "backoff", "service": "svc", "failed_starts": 2, "seconds": 12.5},
+        ),
+    ],
+)
+def test_actions_are_logged_as_before(action: Action, logged: dict[str, Any]) -> None:
+    out = action.as_dict()
+    assert out == logged and list(out) == list(logged)
+
+
+def test_a_misspelt_job_change_is_refused_while_planning() -> None:
+    change = JobChange()
+    with pytest.raises(AttributeError):
+        change.stat = "ready"  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        JobChange(stat="ready")  # type: ignore[call-arg]
+    assert not change and JobChange(node=None) and JobChange(node=None).columns() == {"node": None}
+
+
+@pytest.mark.parametrize(
+    ("service", "idle_to_zero", "expected"),
+    [
+        # the first tick with a surplus starts the cool-down
+        (dict(lower_since=None), False, ScaleDown(NOW, None, 120)),
+        (dict(lower_since=NOW - 100), False, ScaleDown(NOW - 100, None, 20)),
+        (dict(lower_since=NOW - 120), False, ScaleDown(NOW - 120, EndReason.SCALE_DOWN, 0)),
+        # idle long enough or disabled: at once
+        (dict(lower_since=None), True, ScaleDown(NOW, EndReason.IDLE, 120)),
+        (dict(lower_since=None, enabled=False), False, ScaleDown(NOW, EndReason.DISABLED, 120)),
+    ],
+)
+def test_scale_down_now(service: dict[str, Any], idle_to_zero: bool, expected: ScaleDown) -> None:
+    wanted = Wanted(0 if idle_to_zero else 1, SCALE_UP, idle_to_zero, ())
+    assert scale_down_now(svc(scale_down_cooldown=120, **service), wanted, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("failed", "last", "left"),
+    [
+        (0, None, 0.0),
+        (0, NOW - 1, 0.0),
+        (1, NOW - 4, 6.0),
+        (2, NOW, 20.0),
+        (5, NOW - 200, -40.0),
+        (30, NOW, 600.0),
+    ],
+)
+def test_seconds_to_wait(failed: int, last: float | None, left: float) -> None:
+    assert seconds_to_wait(failed, last, NOW) == pytest.approx(left)
+
+
+@pytest.mark.parametrize(("stored", "slurm", "change"), [(0, 2, 2), (2, 2, UNSET), (2, 4, 4), (0, 0, UNSET)])
+def test_gpus_recorded_when_slurm_reports_other_than_stored(stored: int, slurm: int, change: object) -> None:
+    j = job(1, gpus=stored)
+    sj = SlurmJob(1001, j.name, "RUNNING", node="n1", elapsed=50, time_limit=3600, gpus=slurm)
+    plan = plan_tick(obs([svc()], [j], [sj], probes={1: ProbeResult(True, "200")}), PREFIX)
+    assert plan.job_changes.get(1, JobChange()).gpus == change

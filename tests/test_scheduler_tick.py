@@ -25,7 +25,8 @@ from saia_ctl.scheduler.views import ProbeResult
 from saia_ctl.settings import Settings
 from saia_ctl.slurm import SlurmJob
 from saia_ctl.slurm_fake import FakeSlurm
-from tests.conftest import REPO, Clock, service_config
+from tests.support.fixtures import Clock, service_config
+from tests.support.paths import REPO
 
 SBATCH = str(REPO / "tests" / "data" / "scheduler_backend.sbatch")
 HOST = "test-host"
@@ -378,7 +379,7 @@ def test_rotation_before_walltime(import_services, tick, engine, fake, clock) ->
     rows = jobs(engine)
     assert len(rows) == 2 and rows[1]["replaces_job_id"] == old["id"] and rows[1]["state"] == "pending"
     assert rows[0]["state"] == "ready", "the old job keeps serving until the replacement is ready"
-    assert "rotation" in json.dumps(r.actions)
+    assert "rotation" in json.dumps([a.as_dict() for a in r.actions])
     clock.advance(10)
     tick()
     assert len(jobs(engine)) == 2  # no second replacement
@@ -464,7 +465,7 @@ def test_crash_between_submit_and_record_is_adopted(
     [slurm_job] = fake.jobs.values()
     clock.advance(settings.lease_ttl + 1)
     r = tick()
-    assert r.ran and "adopt" in json.dumps(r.actions)
+    assert r.ran and any(a.kind == "adopt" for a in r.actions)
     [row] = jobs(engine)
     assert row["slurm_job_id"] == slurm_job.job.job_id and row["state"] == "pending"
     assert len(fake.live()) == 1  # no duplicate
@@ -532,9 +533,7 @@ def test_job_gone_from_queue_gets_reason(import_services, tick, engine, fake, cl
 def test_second_tick_while_lease_held_exits_at_once(tick, engine, clock, settings) -> None:  # type: ignore[no-untyped-def]
     b = begin_tick(engine, "other-host:1:abc", clock(), settings.lease_ttl)
     assert b.status == "run"
-    t0 = time.monotonic()
-    r = tick()
-    assert time.monotonic() - t0 < 1
+    r = tick()  # returns at once, without waiting for the lease (bench/tick.py times it)
     assert r.status == "busy" and r.exit_code == 0
     assert "another tick is running (holder other-host:1:abc, expires" in r.summary
 
@@ -644,13 +643,13 @@ def test_watch_commits_ready_within_the_tick(import_services, home, engine, prob
         probes.default = 200
 
     threading.Thread(target=backend_comes_up, daemon=True).start()
-    t0 = time.monotonic()
     r = run_tick(engine, settings, fake, time.time, prober=probes, watch=True, hostname=HOST)
-    assert time.monotonic() - t0 < 6
     [row] = jobs(engine)
     assert row["state"] == "ready", r.text()
-    assert row["ready_at"] - answered_at[0] < 0.6  # probed every 0.25 s, not once per tick
-    assert any(a.get("watch") for a in r.actions)
+    assert row["ready_at"] >= answered_at[0]
+    # probed again and again while the tick watched, not once per tick (bench/tick.py times the delay)
+    assert len(probes.calls) >= 2
+    assert any(a.watch for a in r.actions)
     assert 2 <= fake.calls["queue"] <= 6
 
 
@@ -693,3 +692,39 @@ def test_job_cancelled_by_hand_before_ready_is_replaced_without_back_off(
         r = tick()
         assert "backing off" not in r.summary
         assert len(fake.live()) == 1
+
+
+# --- job changes are typed: nothing is dropped silently
+
+
+def test_job_change_fields_are_columns_of_jobs() -> None:
+    from saia_ctl.models import Job
+    from saia_ctl.scheduler.apply import JOB_CHANGE_COLUMNS
+
+    assert JOB_CHANGE_COLUMNS and set(Job.__table__.columns.keys()) >= JOB_CHANGE_COLUMNS
+
+
+def test_applying_a_change_with_an_unknown_field_is_an_error(
+    import_services, tick, engine, settings, clock
+) -> None:  # type: ignore[no-untyped-def]
+    """A field apply does not know (here a misspelt ``stat``) raises; it is never dropped."""
+    import dataclasses
+
+    from saia_ctl.scheduler.apply import UnknownJobField, record_intents
+    from saia_ctl.scheduler.views import JobChange, Plan
+
+    @dataclasses.dataclass(slots=True)
+    class Misspelt(JobChange):
+        stat: str = "draining"
+
+    import_services(cfg())
+    tick()
+    (row,) = jobs(engine, live_only=True)
+    plan = Plan(job_changes={row["id"]: Misspelt(last_error="x")})
+    with pytest.raises(UnknownJobField, match="stat"):
+        record_intents(engine, plan, settings, clock(), [])
+    # nothing of the change was written either
+    assert jobs(engine, live_only=True)[0]["last_error"] is None
+    # the same change without the misspelt field is written
+    record_intents(engine, Plan(job_changes={row["id"]: JobChange(last_error="x")}), settings, clock(), [])
+    assert jobs(engine, live_only=True)[0]["last_error"] == "x"

@@ -1,6 +1,6 @@
-"""route.py's raw SQL and the SQLAlchemy models describe the same schema.
+"""The request path's raw SQL and the SQLAlchemy models describe the same schema.
 
-Every statement of ``saia_ctl.hotpath.store`` is compiled by SQLite against a
+Every statement of ``saia_ctl.request_path.store`` is compiled by SQLite against a
 database migrated to head (a missing table or column fails there); every
 column they name exists in ``Base.metadata`` with a type that fits what the
 request path stores; the INSERT supplies every NOT NULL column that has no
@@ -20,16 +20,17 @@ from typing import Any
 import pytest
 from sqlalchemy import Boolean, Float, Integer, String, Text, select
 
+from saia_ctl import rawdb
 from saia_ctl.db import read_session
-from saia_ctl.hotpath import store
 from saia_ctl.models import Base, Request, UTCTimestamp
-from tests.conftest import service_config
+from saia_ctl.request_path import store
+from tests.support.fixtures import service_config
 
 STATEMENTS = {
     name: value for name, value in vars(store).items() if name.endswith("_SQL") and isinstance(value, str)
 }
 
-# The Python type route.py writes (or reads) per column it names.
+# The Python type the request path writes (or reads) per column it names.
 WRITTEN: dict[str, dict[str, type]] = {
     "requests": {
         "inference_id": str,
@@ -150,22 +151,22 @@ def test_inserts_supply_every_required_column() -> None:
 
 def test_rows_written_raw_read_back_through_the_orm(home: Path, engine: Any, import_services: Any) -> None:
     import_services(service_config("svc"))
-    conn = store.connect(str(home / "saia.db"), "delete", 5)
+    conn = rawdb.connect(str(home / "saia.db"), journal_mode="delete", busy_timeout=5)
     now = time.time()
     try:
-        with store.immediate(conn):
+        with rawdb.immediate(conn):
             rid, recorded = store.record_start(
                 conn, inference_id="i1", user_id="u@x", service_id="svc", job_id=None, method="POST",
                 path="/v1/chat/completions", started_at=now, handler_host="login1", handler_pid=42, bytes_in=17,
             )  # fmt: skip
             prev = store.record_demand(conn, "svc", now)
-        with store.immediate(conn):
+        with rawdb.immediate(conn):
             store.record_end(
                 conn, rid, job_id=None, first_byte_at=now + 0.5, ended_at=now + 1.0, status=200, outcome="ok",
                 bytes_in=17, bytes_out=99, input_tokens=3, output_tokens=4,
             )  # fmt: skip
         # A re-used id is kept under a suffix.
-        with store.immediate(conn):
+        with rawdb.immediate(conn):
             _, again = store.record_start(
                 conn, inference_id="i1", user_id="u@x", service_id="svc", job_id=None, method="GET",
                 path="/", started_at=now, handler_host="login1", handler_pid=42,
@@ -214,18 +215,19 @@ def test_bulk_executemany_through_the_constants(home: Path, import_services: Any
 
 
 def test_sqlite_module_loaded_without_functools_still_works() -> None:
-    """store loads _sqlite3 with a stand-in functools when nothing imported it yet (saves ~3 ms):
+    """rawdb loads _sqlite3 with a stand-in functools when nothing imported it yet (saves ~3 ms):
     in a fresh interpreter, statements past the cache size work and the real functools follows."""
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-        "from saia_ctl.hotpath import store\n"
+        "from saia_ctl.request_path import store  # noqa: F401\n"
+        "from saia_ctl import rawdb\n"
         "assert 'functools' not in sys.modules and 'collections' not in sys.modules\n"
-        "c = store.sqlite3.connect(':memory:')\n"
+        "c = rawdb.sqlite3.connect(':memory:')\n"
         "assert [c.execute(f'select {i}').fetchone()[0] for i in range(300)] == list(range(300))\n"
         "import functools\n"
         "assert functools.reduce(lambda a, b: a + b, [1, 2, 3]) == 6 and hasattr(functools, 'partial')\n"

@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.netkit import free_port
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = REPO / "sbatch" / "test_llm_server.py"

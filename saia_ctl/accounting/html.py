@@ -1,4 +1,8 @@
-"""One self-contained HTML page: tables and inline SVG charts; no script, no network."""
+"""One self-contained HTML page: tables and inline SVG charts; no script, no network.
+
+Laid out to fit a 1280-pixel window without horizontal scrolling: the charts scale down to the
+page's width, two of them side by side when there is room, and a table wider than the page
+scrolls inside its own box."""
 
 from __future__ import annotations
 
@@ -6,16 +10,28 @@ import calendar
 from html import escape
 from typing import Any
 
+from .columns import column, shorten, title
+
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
     "#e6550d", "#31a354", "#756bb1", "#636363",
 )  # fmt: skip
 IDLE_COLOUR = "#c7c7c7"
+NBH = "\u2011"  # non-breaking hyphen
 
 
 def _num(v: float) -> str:
-    return f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+    """A chart label: thousands separators, at most three decimals."""
+    return f"{v:,.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else f"{v:,}"
+
+
+def _svg(width: int, height: int, label: str) -> str:
+    """An SVG element that keeps its proportions and shrinks to the width of its box."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{escape(label)}">'
+    )
 
 
 def day_chart(days: list[dict[str, Any]], services: list[str], month: str) -> str:
@@ -32,10 +48,9 @@ def day_chart(days: list[dict[str, Any]], services: list[str], month: str) -> st
     width, height, left, bottom = 760, 260, 50, 40
     bar = (width - left - 10) / len(names)
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 20 * len(services)}" '
-        f'role="img" aria-label="requests per day per service">',
+        _svg(width, height + 20 * len(services), "requests per day per service"),
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#333"/>',
-        f'<text x="{left - 5}" y="15" text-anchor="end" font-size="11">{top}</text>',
+        f'<text x="{left - 5}" y="15" text-anchor="end" font-size="11">{_num(top)}</text>',
     ]
     for i, n in enumerate(names):
         y = float(height - bottom)
@@ -48,7 +63,7 @@ def day_chart(days: list[dict[str, Any]], services: list[str], month: str) -> st
             y -= h
             out.append(
                 f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(bar - 2, 1):.1f}" height="{h:.1f}" '
-                f'fill="{colour[s]}"><title>{escape(n)} {escape(s)}: {v}</title></rect>'
+                f'fill="{colour[s]}"><title>{escape(n)} {escape(s)}: {_num(v)}</title></rect>'
             )
         if i % max(1, len(names) // 10) == 0:
             out.append(
@@ -63,24 +78,24 @@ def day_chart(days: list[dict[str, Any]], services: list[str], month: str) -> st
     return "\n".join(out)
 
 
-def bar_chart(items: list[tuple[str, list[tuple[float, str]]]], label: str, unit: str) -> str:
+def bar_chart(
+    items: list[tuple[str, list[tuple[float, str]]]], label: str, unit: str, width: int = 600
+) -> str:
     """Horizontal bars, each a stack of (value, colour) parts."""
     if not items:
         return "<p>None.</p>"
     top = max(sum(v for v, _ in parts) for _, parts in items) or 1.0
-    width, row, left = 760, 22, 220
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{row * len(items) + 10}" '
-        f'role="img" aria-label="{escape(label)}">'
-    ]
+    row, left = 22, 220
+    out = [_svg(width, row * len(items) + 10, label)]
     for i, (name, parts) in enumerate(items):
         y = 5 + i * row
         out.append(
-            f'<text x="{left - 6}" y="{y + 14}" font-size="12" text-anchor="end">{escape(name[:32])}</text>'
+            f'<text x="{left - 6}" y="{y + 14}" font-size="12" text-anchor="end">'
+            f"<title>{escape(name)}</title>{escape(shorten(name, 30))}</text>"
         )
         x = float(left)
         for v, colour in parts:
-            w = (width - left - 90) * v / top
+            w = (width - left - 110) * v / top
             if w > 0:
                 out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 6}" fill="{colour}"/>')
             x += w
@@ -91,21 +106,37 @@ def bar_chart(items: list[tuple[str, list[tuple[float, str]]]], label: str, unit
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    from .render import cell
-
+    """Every column, with its human title (the JSON/CSV key as the title's tooltip)."""
     if not rows:
         return "<p>(none)</p>"
-    cols = list(rows[0])
-    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    cols = [column(k) for k in rows[0]]
+    # a title wraps at its blanks, not at the hyphen of "GPU-h"
+    head = "".join(f'<th title="{escape(c.key)}">{escape(c.title.replace("-", NBH))}</th>' for c in cols)
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{escape(cell(c, r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{escape(c.human(r.get(c.key)))}</td>" for c in cols) + "</tr>" for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>'
+
+
+def _pair(*charts: tuple[str, str]) -> str:
+    """Charts side by side (one under the other in a narrow window), each with its heading."""
+    boxes = "".join(f'<div class="chart"><h2>{escape(h)}</h2>\n{c}\n</div>' for h, c in charts)
+    return f'<div class="pair">{boxes}</div>'
+
+
+STYLE = (
+    "body{font-family:sans-serif;margin:2em;color:#222;background:#fff}"
+    "h2{margin-top:1.5em}svg{max-width:100%;height:auto;display:block}"
+    ".pair{display:flex;flex-wrap:wrap;gap:1em 2em}.chart{flex:1 1 520px;min-width:0;max-width:640px}"
+    ".scroll{max-width:100%;overflow-x:auto;margin-bottom:2em}"
+    "table{border-collapse:collapse;font-size:11px;font-variant-numeric:tabular-nums}"
+    "td,th{border:1px solid #ccc;padding:2px 4px;text-align:right}th{background:#eee;font-weight:600}"
+    "td{white-space:nowrap}td:first-child,th:first-child{text-align:left}"
+    "td:first-child{white-space:normal;overflow-wrap:anywhere;min-width:8em;max-width:16em}"
+)
 
 
 def page(data: dict[str, Any]) -> str:
-    from .render import title
-
     services = [s["service"] for s in data.get("services", [])] or sorted(
         {d["service"] for d in data["days"]}
     )
@@ -113,22 +144,36 @@ def page(data: dict[str, Any]) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(title(data))}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;"
-        "font-size:12px;margin-bottom:2em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-        "th{background:#eee}td:first-child{text-align:left}h2{margin-top:1.5em}</style>",
+        f"<style>{STYLE}</style>",
         "</head><body>",
         f"<h1>{escape(title(data))}</h1>",
         "<h2>Requests per day per service</h2>",
         day_chart(data["days"], services, data["month"]),
     ]
     if "users" in data:
-        top = sorted(data["users"], key=lambda r: (-r["requests"], r["user"]))[:15]
-        parts += [
-            "<h2>Top users (requests)</h2>",
-            bar_chart(
-                [(r["user"], [(float(r["requests"]), PALETTE[0])]) for r in top], "top users", "requests"
-            ),
-        ]
+        users = data["users"]
+        by_requests = sorted(users, key=lambda r: (-r["requests"], r["user"]))[:15]
+        by_gpu = sorted(users, key=lambda r: (-r["gpu_hours"], r["user"]))[:15]
+        parts.append(
+            _pair(
+                (
+                    "Top users (requests)",
+                    bar_chart(
+                        [(r["user"], [(r["requests"], PALETTE[0])]) for r in by_requests],
+                        "top users by requests",
+                        "requests",
+                    ),
+                ),
+                (
+                    "Top users (GPU-hours)",
+                    bar_chart(
+                        [(r["user"], [(float(r["gpu_hours"]), PALETTE[2])]) for r in by_gpu],
+                        "top users by GPU-hours",
+                        "GPU-h",
+                    ),
+                ),
+            )
+        )
     if "services" in data:
         items = []
         for i, r in enumerate(data["services"]):
@@ -141,7 +186,7 @@ def page(data: dict[str, Any]) -> str:
                 items.append((r["service"], [(r["gpu_hours"], colour)]))
         parts += [
             "<h2>GPU-hours per service (grey: idle)</h2>",
-            bar_chart(items, "GPU-hours per service", "GPU-h"),
+            bar_chart(items, "GPU-hours per service", "GPU-h", width=760),
         ]
         parts += ["<h2>Services</h2>", _table(data["services"])]
     if "users" in data:

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..errors import SaiaError
+
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 
 
-class TimeError(ValueError):
+class TimeError(SaiaError, ValueError):
     """A month, zone or time given by the user cannot be used."""
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from ..db import read_session, write_session
+from ..errors import SaiaError
 from . import figures as F
 from .ledger import drop_month
 from .months import month_of, month_window, next_month
@@ -21,7 +22,7 @@ from .report import month_figures
 from .scan import Progress
 
 
-class PruneError(Exception):
+class PruneError(SaiaError):
     pass
 
 

@@ -11,26 +11,16 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .columns import IDS, LEGEND, column, pick, shorten, title
 from .html import page
 
 FORMATS = ("table", "json", "csv", "markdown", "html")
-HOURS = (
-    "gpu_hours",
-    "attributed_gpu_hours",
-    "idle_gpu_hours",
-    "idle_ready_gpu_hours",
-    "job_hours",
-    "ready_hours",
-)
+ID_WIDTH = 28  # the compact table's user and service ids: longer ones keep their start and end
 
 
 def cell(key: str, value: Any) -> str:
-    """One value as displayed: GPU-hours with exactly three decimals, seconds with three."""
-    if value is None:
-        return ""
-    if key in HOURS or key.endswith("_s"):
-        return f"{float(value):.3f}"
-    return str(value)
+    """One value as in CSV: GPU-hours with exactly three decimals, seconds with three."""
+    return column(key).plain(value)
 
 
 def _rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -62,51 +52,101 @@ def _sections(data: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
     return out
 
 
-def title(data: dict[str, Any]) -> str:
-    return f"saia-ctl report {data['month']} ({data['tz']}: {data['from']} to {data['to']})"
-
-
 def _plain(cells: Sequence[str]) -> bool:
     """True if tabulate would print every cell as is: printable ASCII, no surrounding blanks."""
     return all(c.isascii() and c.isprintable() and c == c.strip() for c in cells)
 
 
-def grid(body: Sequence[Sequence[str]], headers: Sequence[str], fmt: str = "simple") -> str:
-    """``tabulate(body, headers, tablefmt=fmt, disable_numparse=True)``, byte for byte, for the
-    "simple" and "github" formats; much faster on the 10,000 rows of a month's users.
+def grid(
+    body: Sequence[Sequence[str]],
+    headers: Sequence[str],
+    fmt: str = "simple",
+    right: Sequence[bool] | None = None,
+) -> str:
+    """``tabulate(body, headers, tablefmt=fmt, disable_numparse=True, colalign=...)``, byte for
+    byte, for the "simple" and "github" formats; much faster on the 10,000 rows of a month's users.
+    ``right`` says which columns are right-aligned (numbers); the others are left-aligned.
 
     Only plain cells take the fast path (see ``_plain``): anything else (wide characters, escape
     codes, blanks that tabulate would strip) goes to tabulate itself.
     """
+    flags = list(right) if right is not None else [False] * len(headers)
     if fmt not in ("simple", "github") or not _plain(headers) or not all(_plain(r) for r in body):
-        return tabulate(body, headers=list(headers), tablefmt=fmt, disable_numparse=True)
+        return tabulate(
+            body,
+            headers=list(headers),
+            tablefmt=fmt,
+            disable_numparse=True,
+            colalign=["right" if f else "left" for f in flags] if any(flags) else None,
+        )
     widths = [len(h) + 2 for h in headers]  # tabulate's minimum: the header plus MIN_PADDING
     for r in body:
         widths = [w if w >= len(c) else len(c) for w, c in zip(widths, r, strict=True)]
 
+    def pad(c: str, w: int, r: bool) -> str:
+        return c.rjust(w) if r else c.ljust(w)
+
     if fmt == "simple":
 
         def line(cells: Sequence[str]) -> str:
-            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+            return "  ".join(pad(c, w, r) for c, w, r in zip(cells, widths, flags, strict=True)).rstrip()
 
         rule = "  ".join("-" * w for w in widths)
     else:
 
         def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+            return (
+                "| " + " | ".join(pad(c, w, r) for c, w, r in zip(cells, widths, flags, strict=True)) + " |"
+            )
 
         rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), rule, *map(line, body)])
 
 
-def to_table(data: dict[str, Any], fmt: str = "simple") -> str:
+def human_table(
+    rows: Sequence[dict[str, Any]],
+    fmt: str = "simple",
+    columns: Sequence[str] | None = None,
+    *,
+    compact: bool = False,
+) -> str:
+    """One section for people: human titles, thousands separators, numbers right-aligned; in
+    the compact table, ids cut to ``ID_WIDTH`` characters."""
+    cols = [column(k) for k in pick(list(rows[0]), columns, compact=compact)]
+    body = [
+        [
+            shorten(c.human(r.get(c.key)), ID_WIDTH) if compact and c.key in IDS else c.human(r.get(c.key))
+            for c in cols
+        ]
+        for r in rows
+    ]
+    return grid(body, [c.title for c in cols], fmt, [c.numeric for c in cols])
+
+
+def to_table(
+    data: dict[str, Any],
+    fmt: str = "simple",
+    columns: Sequence[str] | None = None,
+    *,
+    compact: bool = False,
+) -> str:
+    """The terminal table (``fmt="simple"``) or Markdown (``"github"``): every section with the
+    chosen columns, the compact set or all of them."""
     md = fmt == "github"
     parts = [("# " if md else "") + title(data)]
+    shown: set[str] = set()
+    sections = []
     for name, rows in _sections(data):
-        cols, body = _rows(rows)
-        parts.append(("## " if md else "") + name)
-        parts.append(grid(body, cols, fmt) if rows else "(none)")
-    return "\n\n".join(parts) + "\n"
+        sections.append(("## " if md else "") + name)
+        cols = pick(list(rows[0]), columns, compact=compact) if rows else []
+        shown.update(cols)
+        if cols:
+            sections.append(human_table(rows, fmt, columns, compact=compact))
+        else:
+            sections.append("(none)" if not rows else "(none of the chosen columns)")
+    if shown & {"duration_p50_s", "duration_p95_s"}:
+        parts.append(LEGEND)
+    return "\n\n".join(parts + sections) + "\n"
 
 
 def to_csv_all(data: dict[str, Any]) -> str:
@@ -119,16 +159,20 @@ def to_csv_all(data: dict[str, Any]) -> str:
     return "\n".join(to_csv(rows) for _, rows in _sections(data))
 
 
-def render(data: dict[str, Any], fmt: str) -> str:
+def render(
+    data: dict[str, Any], fmt: str, columns: Sequence[str] | None = None, *, wide: bool = False
+) -> str:
+    """The report in ``fmt``. The terminal table shows the compact columns unless ``wide``;
+    Markdown all of them; ``columns`` picks those of both. JSON, CSV and HTML show every key."""
     if fmt == "json":
         return to_json(data)
     if fmt == "csv":
         return to_csv_all(data)
     if fmt == "markdown":
-        return to_table(data, "github")
+        return to_table(data, "github", columns)
     if fmt == "html":
         return page(data)
-    return to_table(data)
+    return to_table(data, "simple", columns, compact=not wide)
 
 
 def write_files(data: dict[str, Any], folder: str) -> list[str]:

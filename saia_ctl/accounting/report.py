@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from ..errors import SaiaError
 from . import figures as F
 from .assemble import assemble
 from .figures import ALL, Figures, Usage
@@ -25,7 +26,7 @@ from .scan import Progress
 IDLE = ""  # key of the idle share in a service's split (no user id is empty)
 
 
-class ReportError(Exception):
+class ReportError(SaiaError):
     """The report cannot be made (e.g. the month's rows were pruned in another zone)."""
 
 

@@ -1,8 +1,17 @@
 """What every command shares: the state directory, the engine, output formats, errors.
 
-Commands stay thin: parse, call the library, format. Library exceptions
-become one-line ``Error: ...`` messages with exit status 1 (``SAIA_DEBUG=1``
-shows the traceback).
+Commands stay thin: parse, call the library, format. Errors, by kind:
+
+- expected (``saia_ctl.errors.SaiaError`` and its subclasses): one line
+  ``Error: ...``, exit status 1;
+- the environment failing (a file or the database cannot be used) and a
+  ``ValueError`` (the library's word for a bad value): the same one line, and
+  the traceback in the CLI's log, in case it was a bug after all;
+- anything else is a bug: one line naming its type and where the traceback
+  is — the CLI's log ``$SAIA_HOME/logs/cli.log`` when the state directory is
+  known, else stderr.
+
+``SAIA_DEBUG=1`` also prints the traceback on stderr, whatever the error.
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ import io
 import json
 import os
 import sys
+import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from ..errors import SaiaError
 from ..settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -28,7 +40,7 @@ if TYPE_CHECKING:
 _STATE: dict[str, str | None] = {"home": None}
 
 
-class CLIError(Exception):
+class CLIError(SaiaError):
     """A user-facing error: printed as one line, exit status 1."""
 
 
@@ -84,17 +96,72 @@ def _message(exc: BaseException) -> str:
     return text.splitlines()[0] if len(text.splitlines()) == 1 else " ".join(text.split())
 
 
+def _environmental(exc: BaseException) -> bool:
+    """Not a SaiaError, but said in one line all the same (see the module docstring)."""
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, (OSError, ValueError, OperationalError))
+
+
+def cli_log() -> str | None:
+    """``$SAIA_HOME/logs/cli.log``, if the state directory is known and exists."""
+    home = _STATE["home"] or os.environ.get("SAIA_HOME")
+    if not home or not os.path.isdir(home):
+        return None
+    return os.path.join(os.path.abspath(home), "logs", "cli.log")
+
+
+def _log_traceback(exc: BaseException) -> str | None:
+    """Append the traceback to the CLI's log; its path, or None if there is none."""
+    path = cli_log()
+    if path is None:
+        return None
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    command = " ".join(["saia-ctl", *sys.argv[1:]])
+    text = "".join(traceback.format_exception(exc))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} pid {os.getpid()}: {command}\n{text}\n")
+    except OSError:
+        return None
+    return path
+
+
+def report_error(exc: BaseException) -> int:
+    """Say what went wrong in one line on stderr (the traceback where it belongs); the exit status."""
+    debug = os.environ.get("SAIA_DEBUG") == "1"
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, SaiaError):
+        typer.echo(f"Error: {_message(exc)}", err=True)
+        return 1
+    where = _log_traceback(exc)
+    if _environmental(exc):
+        typer.echo(f"Error: {_message(exc)}", err=True)
+        return 1
+    if where is None:
+        if not debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        where = "printed above"
+    else:
+        where = f"in {where}"
+    typer.echo(
+        f"Error: unexpected {type(exc).__name__}: {_message(exc)} (a bug; the traceback is {where})",
+        err=True,
+    )
+    return 1
+
+
 @contextmanager
 def errors_as_messages() -> Iterator[None]:
-    """Turn library exceptions into one line on stderr and exit status 1."""
+    """Turn exceptions into one line on stderr and exit status 1 (see the module docstring)."""
     try:
         yield
     except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
-        if os.environ.get("SAIA_DEBUG") == "1":
-            raise
-        fail(_message(exc))
+        raise typer.Exit(report_error(exc)) from None
 
 
 def render(rows: Sequence[dict[str, Any]], fmt: Format, columns: Sequence[str] | None = None) -> str:
@@ -148,12 +215,14 @@ __all__ = [
     "CLIError",
     "Format",
     "FormatOption",
+    "SaiaError",
     "SettingsError",
     "command",
     "echo",
     "engine",
     "fail",
     "render",
+    "report_error",
     "settings",
     "warn",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 from . import (
     common,
     db_cmd,
+    doctor_cmd,
     init_cmd,
     jobs_cmd,
     metrics_cmd,
@@ -18,15 +18,17 @@ from . import (
     report_cmd,
     requests_cmd,
     services_cmd,
+    ssh_cmd,
     tick_cmd,
 )
 
 app = typer.Typer(
     name="saia-ctl",
     help="Host web services (OpenAI-compatible LLM inference) on Slurm GPU nodes, reached through a "
-    "forced SSH command, with per-user and per-service accounting.",
+    "forced SSH command, with per-user and per-service accounting. Check an installation with "
+    "`saia-ctl doctor`.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -48,12 +50,14 @@ app.command("init")(init_cmd.init)
 app.add_typer(services_cmd.app, name="services")
 
 # The scheduler, accounting and proxy command groups.
-for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd):
+for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd, ssh_cmd):
     _module.register(app)
+doctor_cmd.register(app)
 
 
 def run() -> None:
-    """Console-script entry point."""
-    if os.environ.get("SAIA_DEBUG") != "1":
-        sys.tracebacklimit = 0
-    app()
+    """Console-script entry point: whatever escapes a command is still one line (``common.report_error``)."""
+    try:
+        app()
+    except Exception as exc:
+        sys.exit(common.report_error(exc))

@@ -39,6 +39,22 @@ def report(
     user: Annotated[str | None, typer.Option("--user", help="Only this user's requests.")] = None,
     service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="The table with every column (default: requests, errors, tokens, p50/p95 time and "
+            "GPU-hours, to fit 120 columns).",
+        ),
+    ] = False,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            "--columns",
+            help="Only these columns of the table or Markdown, by JSON/CSV key, e.g. "
+            "requests,errors_5xx,gpu_hours (the user or service id is always shown).",
+        ),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -60,11 +76,23 @@ def report(
     ] = False,
 ) -> None:
     """Monthly accounting per user and per service (requests, tokens, latency, GPU-hours)."""
+    from ..accounting.columns import UnknownColumn, parse
     from ..accounting.months import month_of
     from ..accounting.render import render, write_files
     from ..accounting.report import monthly_report
     from .progress import progress_bar
 
+    chosen = None
+    if (wide or columns is not None) and fmt not in (ReportFormat.table, ReportFormat.markdown):
+        option = "--wide" if wide else "--columns"
+        common.fail(f"{option} applies to --format table or markdown (JSON, CSV and HTML show every column)")
+    if columns is not None:
+        if wide:
+            common.fail("--columns and --wide cannot be used together")
+        try:
+            chosen = parse(columns)
+        except UnknownColumn as e:
+            common.fail(str(e))
     now = time.time()
     settings = common.settings()
     tz = tz or settings.accounting_tz
@@ -91,7 +119,7 @@ def report(
             bar.close()
     for note in rep.notes:
         typer.echo(note, err=True)
-    typer.echo(render(rep.data, fmt.value), nl=False)
+    typer.echo(render(rep.data, fmt.value, chosen, wide=wide), nl=False)
     if not files:
         return
     folder = output or os.path.join(settings.home, "reports", rep.data["month"])

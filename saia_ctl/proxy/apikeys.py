@@ -14,12 +14,13 @@ import logging
 import os
 import re
 
+from ..errors import SaiaError
 from .protocol import USER_RE
 
 log = logging.getLogger("saia_ctl.proxy")
 
 
-class KeyFileError(ValueError):
+class KeyFileError(SaiaError, ValueError):
     """The API-keys file cannot be used."""
 
 

@@ -1,9 +1,11 @@
 """The wire protocol as the proxy speaks it: validation, the command, the answer's head.
 
-Pure functions, standard library only (see ``/work/shared/spec/wire-protocol.md``).
-The command is built exactly as saia-hub's ``proxy-hpc`` builds it, so the
-cluster side cannot tell the two apart; fields are validated here first, so a
-bad user id is a 400 from the proxy, not a round trip to the cluster.
+Pure functions, standard library only (see ``docs/wire-protocol.md``; the
+character sets and limits come from ``saia_ctl.wire_spec``, shared with the
+request path). The command is built exactly as saia-hub's ``proxy-hpc``
+builds it, so the cluster side cannot tell the two apart; fields are
+validated here first, so a bad user id is a 400 from the proxy, not a round
+trip to the cluster.
 """
 
 from __future__ import annotations
@@ -14,32 +16,22 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-ID_RE = re.compile(r"[A-Za-z0-9._+-]{1,256}")
-USER_RE = re.compile(r"[A-Za-z0-9._+@-]{1,256}")
-PATH_RE = re.compile(r"/[A-Za-z0-9_/.+?=&-]{0,255}")
-HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+from .. import wire_spec as spec
+
+ID_RE = re.compile(f"{spec.regex_class(spec.ID_CHARS)}{{1,{spec.MAX_FIELD}}}")
+USER_RE = re.compile(f"{spec.regex_class(spec.USER_CHARS)}{{1,{spec.MAX_FIELD}}}")
+PATH_RE = re.compile(f"/{spec.regex_class(spec.PATH_CHARS)}{{0,{spec.MAX_FIELD - 1}}}")
+HEADER_NAME_RE = re.compile(f"{spec.regex_class(spec.TOKEN_CHARS)}+")
 HEADER_VALUE_RE = re.compile(r"[\x20-\x7e]*")
 # Words the cluster's argument parser treats as option starts (section 2).
-_PARSER_WORDS = frozenset({"-H", "-X", "-d"})
+_PARSER_WORDS = frozenset(spec.ARG_WORDS)
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and others that describe this hop only.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Never sent to the cluster: the length (the body streams on stdin), this
-# hop's host, the client's credentials (the cluster sends the job's secret
-# instead) and compression (the cluster reads usage from the plain answer).
-_DROP_REQUEST = HOP_BY_HOP | {"content-length", "host", "authorization", "accept-encoding", "expect"}
+HOP_BY_HOP = spec.HOP_BY_HOP
+# Never sent to the cluster (see wire_spec.DROPPED_REQUEST_HEADERS): the length
+# (the body streams on stdin), this hop's host, the client's credentials (the
+# cluster sends the job's secret instead) and compression (the cluster reads
+# usage from the plain answer).
+_DROP_REQUEST = spec.DROPPED_REQUEST_HEADERS
 # Not copied from the cluster's answer: the proxy frames the body itself.
 DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 
@@ -54,20 +46,22 @@ def valid_inference_id(value: str) -> bool:
 
 def check_user(user: str) -> str:
     if USER_RE.fullmatch(user) is None:
-        raise ProtocolError("invalid user id: 1-256 characters from A-Z a-z 0-9 . _ - + @")
+        raise ProtocolError(f"invalid user id: 1-{spec.MAX_FIELD} characters from {spec.USER_CHARS_TEXT}")
     return user
 
 
 def check_service(service: str) -> str:
     if ID_RE.fullmatch(service) is None:
-        raise ProtocolError("invalid model (service id): 1-256 characters from A-Z a-z 0-9 . _ - +")
+        raise ProtocolError(
+            f"invalid model (service id): 1-{spec.MAX_FIELD} characters from {spec.ID_CHARS_TEXT}"
+        )
     return service
 
 
 def check_path(path: str) -> str:
     if PATH_RE.fullmatch(path) is None or ".." in path:
         raise ProtocolError(
-            "invalid request path: at most 256 characters from A-Z a-z 0-9 _ / . - + ? = &, no '..'"
+            f"invalid request path: at most {spec.MAX_FIELD} characters from {spec.PATH_CHARS_TEXT}, no '..'"
         )
     return path
 

@@ -2,7 +2,8 @@
 
 The request path spawns this detached (from ``keep-alive`` and on demand).
 Exit status 0 on success, also when the tick is not due or another tick holds
-the lease; 1 when the tick failed (the error is in the tick's log row too).
+the lease; 1 when the tick failed (the error is in the tick's log row too; for
+an unexpected exception, its traceback follows the error, here and there).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import stat
 import sys
 import time
+import traceback
 from typing import TextIO
 
 
@@ -25,6 +27,16 @@ def _emit(text: str, stream: TextIO) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime())
         text = "\n".join(stamp + line for line in text.splitlines())
     print(text, file=stream, flush=True)
+
+
+def _expected(e: Exception) -> bool:
+    """A set-up problem the one line explains (settings, database, files); anything else is a bug."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..db import DatabaseError
+    from ..settings import SettingsError
+
+    return isinstance(e, (DatabaseError, SettingsError, OSError, SQLAlchemyError))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SAIA_DEBUG") == "1":
             raise
         _emit(f"Error: {' '.join(str(e).split()) or e.__class__.__name__}", sys.stderr)
+        if not _expected(e):
+            _emit(traceback.format_exc().rstrip(), sys.stderr)  # a bug: the log keeps its traceback
         return 1
     text = result.text()
     if text and not (args.quiet and not result.error):
         _emit(text, sys.stderr if result.error else sys.stdout)
+    if result.traceback:
+        _emit(result.traceback.rstrip(), sys.stderr)  # a bug: keep-alive's logs/tick.log gets it whole
     return result.exit_code
 
 

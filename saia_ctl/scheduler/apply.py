@@ -14,39 +14,44 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Engine, bindparam, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import read_session, write_session
-from ..models import JobState
+from ..models import JobState, Outcome
 from ..settings import Settings
 from ..slurm import SlurmClient, SlurmError
 from .names import job_name
-from .views import Cancel, Plan
+from .views import Action, ActionKind, Cancel, EndReason, JobChange, Plan, SubmitReason
 
-_JOB_COLUMNS = frozenset(
-    {
-        "state",
-        "node",
-        "slurm_job_id",
-        "started_at",
-        "ready_at",
-        "draining_at",
-        "ended_at",
-        "walltime_limit",
-        "gpus",
-        "end_reason",
-        "last_error",
-        "health_failures",
-    }
-)
+# The columns a job change may set: the fields JobChange declares (each a column
+# of ``jobs``; a test checks it against the schema).
+JOB_CHANGE_COLUMNS = frozenset(JobChange.__dataclass_fields__)
 
 
 class NoFreePort(Exception):
     """Every port of the range is held by a live job."""
+
+
+class UnknownJobField(ValueError):
+    """A job change names a field that is no column the planner may set: a bug, never dropped."""
+
+
+def update_job(s: Session, job_id: int, change: JobChange) -> None:
+    """Write one job change to its live row; a field that is no settable column raises."""
+    cols = change.columns()
+    unknown = sorted(set(cols) - JOB_CHANGE_COLUMNS)
+    if unknown:
+        raise UnknownJobField(f"job {job_id}: cannot set {', '.join(unknown)} (no such column of jobs)")
+    if not cols:
+        return
+    assignments = ", ".join(f"{k} = :{k}" for k in cols)
+    s.execute(
+        text(f"UPDATE jobs SET {assignments} WHERE id = :_id AND ended_at IS NULL"),
+        {**cols, "_id": job_id},
+    )
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class NewJob:
     sbatch: str
     port: int
     secret: str
-    reason: str
+    reason: SubmitReason
     replaces_job_id: int | None
 
 
@@ -124,15 +129,8 @@ def record_intents(
     prefix = settings.job_prefix
     port_range = settings.port_range
     with write_session(engine) as s:
-        for job_id, values in plan.job_changes.items():
-            cols = {k: v for k, v in values.items() if k in _JOB_COLUMNS}
-            if not cols:
-                continue
-            assignments = ", ".join(f"{k} = :{k}" for k in cols)
-            s.execute(
-                text(f"UPDATE jobs SET {assignments} WHERE id = :_id AND ended_at IS NULL"),
-                {**cols, "_id": job_id},
-            )
+        for job_id, change in plan.job_changes.items():
+            update_job(s, job_id, change)
         for u in plan.service_updates:
             params = {
                 "sid": u.service_id,
@@ -164,10 +162,10 @@ def record_intents(
         for rid, why in dead_requests:
             s.execute(
                 text(
-                    "UPDATE requests SET ended_at = :now, outcome = 'aborted', error = :why "
+                    "UPDATE requests SET ended_at = :now, outcome = :aborted, error = :why "
                     "WHERE id = :id AND ended_at IS NULL"
                 ),
-                {"now": now, "why": why, "id": rid},
+                {"now": now, "why": why, "id": rid, "aborted": Outcome.ABORTED.value},
             )
         if plan.submits:
             held = {int(p) for p in s.execute(text("SELECT port FROM jobs WHERE ended_at IS NULL")).scalars()}
@@ -201,11 +199,11 @@ def in_flight_of(engine: Engine, job_ids: list[int]) -> dict[int, int]:
     with read_session(engine) as s:
         rows = s.execute(
             text(
-                "SELECT job_id, count(*) FROM requests WHERE ended_at IS NULL AND job_id IN :ids GROUP BY job_id"
+                "SELECT job_id, count(*) AS n FROM requests WHERE ended_at IS NULL AND job_id IN :ids GROUP BY job_id"
             ).bindparams(bindparam("ids", expanding=True)),
             {"ids": job_ids},
         ).all()
-    return {int(r[0]): int(r[1]) for r in rows}
+    return {int(r.job_id): int(r.n) for r in rows}
 
 
 @dataclass
@@ -220,6 +218,20 @@ class Outcomes:
 
 # Options every backend job is submitted with (they override the script's #SBATCH lines).
 SUBMIT_ARGS = ("--no-requeue",)
+
+
+@dataclass(frozen=True)
+class SubmitPlace:
+    """Where a backend job runs and writes its output, and the options it is submitted
+    with: one declaration for the tick and for `saia-ctl doctor`'s ``sbatch --test-only``."""
+
+    workdir: str
+    output: str
+    extra_args: tuple[str, ...] = SUBMIT_ARGS
+
+
+def submit_place(settings: Settings) -> SubmitPlace:
+    return SubmitPlace(workdir=settings.jobs_dir, output=f"{settings.jobs_dir}/%x-%j.out")
 
 
 def call_slurm(
@@ -246,6 +258,7 @@ def call_slurm(
             out.cancelled.append(c)
     if new_jobs:
         os.makedirs(settings.jobs_dir, exist_ok=True)
+    place = submit_place(settings)
     for job in new_jobs:
         if time.monotonic() >= deadline:
             out.not_submitted.append(job)
@@ -256,11 +269,11 @@ def call_slurm(
                 name=job.name,
                 port=job.port,
                 env={"SAIA_API_KEY": job.secret, "SAIA_PORT": str(job.port), "SAIA_SBATCH": job.sbatch},
-                workdir=settings.jobs_dir,
-                output=f"{settings.jobs_dir}/%x-%j.out",
+                workdir=place.workdir,
+                output=place.output,
                 # A job lost with its node must end, not wait ~2 min in the queue
                 # for its requeue (BeginTime): the next tick submits a fresh one.
-                extra_args=SUBMIT_ARGS,
+                extra_args=place.extra_args,
             )
         except SlurmError as e:
             out.submit_failed.append((job, str(e)))
@@ -269,28 +282,33 @@ def call_slurm(
     return out
 
 
-def record_outcomes(engine: Engine, out: Outcomes, now: float) -> list[dict[str, Any]]:
+def record_outcomes(engine: Engine, out: Outcomes, now: float) -> list[Action]:
     """One write transaction with what Slurm did; returns the actions to log."""
-    actions: list[dict[str, Any]] = []
+    actions: list[Action] = []
     with write_session(engine) as s:
         for job, slurm_id in out.submitted:
             s.execute(
                 text(
-                    "UPDATE jobs SET slurm_job_id = :sid, state = CASE WHEN state = 'submitting' "
-                    "THEN 'pending' ELSE state END WHERE id = :id AND ended_at IS NULL"
+                    "UPDATE jobs SET slurm_job_id = :sid, state = CASE WHEN state = :submitting "
+                    "THEN :pending ELSE state END WHERE id = :id AND ended_at IS NULL"
                 ),
-                {"sid": slurm_id, "id": job.job_id},
+                {
+                    "sid": slurm_id,
+                    "id": job.job_id,
+                    "submitting": JobState.SUBMITTING.value,
+                    "pending": JobState.PENDING.value,
+                },
             )
             actions.append(
-                {
-                    "action": "submit",
-                    "service": job.service_id,
-                    "job": job.job_id,
-                    "slurm_job_id": slurm_id,
-                    "port": job.port,
-                    "reason": job.reason,
-                    **({"replaces": job.replaces_job_id} if job.replaces_job_id else {}),
-                }
+                Action(
+                    ActionKind.SUBMIT,
+                    service=job.service_id,
+                    job=job.job_id,
+                    slurm_job_id=slurm_id,
+                    port=job.port,
+                    reason=job.reason,
+                    replaces=job.replaces_job_id or None,
+                )
             )
         for job, error in out.submit_failed:
             # Left in state submitting: if sbatch did create the job (a timeout), the next
@@ -299,26 +317,29 @@ def record_outcomes(engine: Engine, out: Outcomes, now: float) -> list[dict[str,
                 text("UPDATE jobs SET last_error = :e WHERE id = :id"),
                 {"e": f"sbatch: {error}", "id": job.job_id},
             )
-            actions.append({"action": "submit", "service": job.service_id, "job": job.job_id, "error": error})
+            actions.append(Action(ActionKind.SUBMIT, service=job.service_id, job=job.job_id, error=error))
         for job in out.not_submitted:
             s.execute(
                 text(
-                    "UPDATE jobs SET state = 'ended', ended_at = :now, end_reason = 'not-submitted', "
+                    "UPDATE jobs SET state = :ended, ended_at = :now, end_reason = :reason, "
                     "last_error = 'the tick ran out of time before sbatch' WHERE id = :id"
                 ),
-                {"now": now, "id": job.job_id},
+                {
+                    "now": now,
+                    "id": job.job_id,
+                    "ended": JobState.ENDED.value,
+                    "reason": EndReason.NOT_SUBMITTED.value,
+                },
             )
-            actions.append(
-                {"action": "submit", "service": job.service_id, "job": job.job_id, "error": "timeout"}
-            )
+            actions.append(Action(ActionKind.SUBMIT, service=job.service_id, job=job.job_id, error="timeout"))
         for c in out.cancelled:
             if c.job_id is not None:
                 s.execute(
                     text(
-                        "UPDATE jobs SET state = 'ended', ended_at = :now, "
+                        "UPDATE jobs SET state = :ended, ended_at = :now, "
                         "end_reason = coalesce(end_reason, :r) WHERE id = :id AND ended_at IS NULL"
                     ),
-                    {"now": now, "r": c.reason, "id": c.job_id},
+                    {"now": now, "r": str(c.reason), "id": c.job_id, "ended": JobState.ENDED.value},
                 )
         for c, error in out.cancel_failed:
             if c.job_id is not None:
@@ -326,7 +347,7 @@ def record_outcomes(engine: Engine, out: Outcomes, now: float) -> list[dict[str,
                     text("UPDATE jobs SET last_error = :e WHERE id = :id"),
                     {"e": f"scancel: {error}", "id": c.job_id},
                 )
-            actions.append({"action": "cancel", "slurm_job_id": c.slurm_job_id, "error": error})
+            actions.append(Action(ActionKind.CANCEL, slurm_job_id=c.slurm_job_id, error=error))
         for c in out.skipped:
-            actions.append({"action": "cancel", "job": c.job_id, "skipped": "a request arrived"})
+            actions.append(Action(ActionKind.CANCEL, job=c.job_id, skipped="a request arrived"))
     return actions

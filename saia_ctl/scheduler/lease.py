@@ -73,7 +73,7 @@ def begin_tick(
             else:
                 return Begin(
                     "busy",
-                    f"another tick is running (holder {row[0]}, expires {_iso(row[1])})",
+                    f"another tick is running (holder {row.holder}, expires {_iso(row.expires_at)})",
                 )
         result = s.connection().execute(
             text("INSERT INTO ticks (started_at, holder, summary, actions) VALUES (:now, :h, '', '[]')"),

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import socket
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -21,7 +21,7 @@ from .observe import probe_targets, read_slurm, read_snapshot
 from .plan import plan_tick
 from .probes import Prober, probe_all
 from .ticklog import finish_tick
-from .views import Observation, Plan
+from .views import Action, EndReason, Observation, Plan
 from .watch import watch_waiting
 
 # Time kept back from the tick's bound for the final writes.
@@ -34,10 +34,11 @@ class TickResult:
 
     status: str  # "ran", "busy" (another tick holds the lease), "not-due"
     summary: str
-    error: str | None = None
+    error: str | None = None  # one line
     tick_id: int | None = None
     duration: float = 0.0
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    traceback: str | None = None  # of an unexpected exception (a bug), also in the tick's log row
 
     @property
     def ran(self) -> bool:
@@ -66,20 +67,20 @@ def make_slurm(settings: Settings) -> SlurmClient:
     return client
 
 
-def _describe(plan: Plan, dead: int, outcome_actions: list[dict[str, Any]]) -> list[str]:
+def _describe(plan: Plan, dead: int, outcome_actions: list[Action]) -> list[str]:
     lines = list(plan.summary)
-    orphans = [a for a in plan.actions if a.get("reason") == "orphan"]
+    orphans = [a for a in plan.actions if a.reason == EndReason.ORPHAN]
     if orphans:
         lines.append(
             f"cancelling {len(orphans)} Slurm job(s) of ours with no live row: "
-            + ", ".join(f"{a['slurm_job_id']} ({a['name']})" for a in orphans)
+            + ", ".join(f"{a.slurm_job_id} ({a.name})" for a in orphans)
         )
     if dead:
         lines.append(f"closed {dead} request(s) whose handler is gone")
     for a in outcome_actions:
-        if "error" in a:
-            what = f"{a.get('service', '')} job {a.get('job', a.get('slurm_job_id'))}".strip()
-            lines.append(f"{what}: {a['action']} failed: {a['error']}")
+        if a.error is not None:
+            what = f"{a.service or ''} job {a.job if a.job is not None else a.slurm_job_id}".strip()
+            lines.append(f"{what}: {a.kind} failed: {a.error}")
     return lines
 
 
@@ -121,8 +122,9 @@ def run_tick(
         return TickResult(begin.status, begin.message)
     tick_id = begin.tick_id
     lines: list[str] = []
-    actions: list[dict[str, Any]] = []
+    actions: list[Action] = []
     error: str | None = None
+    trace: str | None = None
     try:
         now = clock()
         snap = read_snapshot(engine, now, host)
@@ -161,17 +163,17 @@ def run_tick(
                     settings.probe_timeout,
                     renew,
                 )
-                lines += [
-                    f"{a['service']}: job {a['job']} ready ({a['probe']})" for a in actions if a.get("watch")
-                ]
+                lines += [f"{a.service}: job {a.job} ready ({a.probe})" for a in actions if a.watch]
         lines += _fold_ledger(engine, settings, clock())
     except Exception as e:
+        # A bug, or a failure nobody expected: one line for the user, the traceback in the log row.
         error = f"{e.__class__.__name__}: {e}"
+        trace = traceback.format_exc()
     finally:
         duration = time.monotonic() - t0
         summary = "\n".join(lines) if lines else "no services"
         try:
-            finish_tick(engine, tick_id, duration, summary, actions, error)
+            finish_tick(engine, tick_id, duration, summary, actions, error, trace)
         finally:
             release_lease(engine, holder)
-    return TickResult("ran", summary, error, tick_id, duration, actions)
+    return TickResult("ran", summary, error, tick_id, duration, actions, trace)

@@ -1,14 +1,110 @@
 """Plain snapshots the planner works on (no ORM, no I/O), and what it returns.
 
-Times are epoch seconds (floats), as stored.
+The contracts between the tick's steps: ``Observation`` goes into the planner;
+``Plan`` (job changes, submits, cancels, service updates, actions) comes out
+and is applied by ``apply.py``. Times are epoch seconds (floats), as stored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..slurm import SlurmJob
+
+
+class EndReason(enum.StrEnum):
+    """Why a job ended, was drained or cancelled (``jobs.end_reason``; shown in reports).
+
+    The values are stored in the database: never rename one. A job that Slurm
+    ended in a state not listed here gets that state in lower case instead.
+    """
+
+    # --- Slurm ended the job (its final state)
+    COMPLETED = "completed"  # the batch script exited 0 (the service stopped by itself)
+    CANCELLED = "cancelled"  # scancel by someone other than this tick
+    TIMEOUT = "timeout"  # Slurm killed it at its walltime
+    FAILED = "failed"  # the batch script exited non-zero
+    NODE_FAILURE = "node-failure"  # its node went down (Slurm's NODE_FAIL)
+    PREEMPTED = "preempted"  # a higher-priority job took its resources
+    OUT_OF_MEMORY = "out-of-memory"  # killed by the memory limit
+    BOOT_FAILURE = "boot-failure"  # the node could not boot for it (BOOT_FAIL)
+    DEADLINE = "deadline"  # its --deadline passed before it could run
+    # --- the row lost its Slurm job
+    GONE = "gone"  # neither squeue nor scontrol knows its Slurm id any more
+    SUBMIT_FAILED = "submit-failed"  # the row was written but sbatch never created the job
+    NOT_SUBMITTED = "not-submitted"  # the tick ran out of time before calling sbatch
+    # --- the planner drained or cancelled it
+    READY_TIMEOUT = "ready-timeout"  # never answered GET / within the service's ready_timeout
+    UNHEALTHY = "unhealthy"  # failed health_failures health checks in a row
+    SURPLUS = "surplus"  # a pending or starting job more than the target wants
+    SCALE_DOWN = "scale-down"  # a ready job more than the target wants, after the cool-down
+    IDLE = "idle"  # no request for idle_timeout: the service scales to zero
+    DISABLED = "disabled"  # its service was disabled
+    ROTATED = "rotated"  # its replacement became ready (walltime rotation)
+    EXPIRING = "expiring"  # near its walltime end, and no replacement is needed
+    WALLTIME_ENDING = "walltime-ending"  # ready but within DRAIN_BEFORE_END of its walltime end
+    DRAINED = "drained"  # draining without a recorded reason (set by hand or an old version)
+    ORPHAN = "orphan"  # a Slurm job with our name prefix that no live row owns
+
+
+class SubmitReason(enum.StrEnum):
+    """Why a job is submitted (logged with its submit action)."""
+
+    SCALE_UP = "scale-up"  # the load's target is above the jobs there are
+    DEMAND = "demand"  # requests wait, or an on-demand start was asked for
+    ROTATION = "rotation"  # it replaces a ready job near its walltime end
+
+
+class ActionKind(enum.StrEnum):
+    """What a tick did to a job, as logged in ``ticks.actions``."""
+
+    ADOPT = "adopt"  # a row written before sbatch got its Slurm id (found by name)
+    END = "end"  # the row was closed: its Slurm job is finished or gone
+    READY = "ready"  # the job answered GET /: requests may be routed to it
+    DRAIN = "drain"  # the job was taken out of routing
+    REVIVE = "revive"  # a drained job still running was taken back into routing
+    BACKOFF = "backoff"  # no submission: recent jobs failed before becoming ready
+    CANCEL = "cancel"  # scancel (planned, failed or skipped)
+    SUBMIT = "submit"  # sbatch (done, failed or not reached)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One line of a tick's action log; ``as_dict`` is its stored JSON form."""
+
+    kind: ActionKind
+    service: str | None = None
+    job: int | None = None  # jobs.id
+    slurm_job_id: int | None = None
+    name: str | None = None  # Slurm job name (orphans)
+    port: int | None = None
+    reason: str | None = None  # an EndReason (maybe + ", walltime ending"), or a SubmitReason
+    replaces: int | None = None  # jobs.id of the job a rotation replaces
+    detail: str | None = None
+    probe: str | None = None  # the probe's answer
+    failed_starts: int | None = None
+    seconds: float | None = None  # back-off left
+    error: str | None = None  # the Slurm call failed
+    skipped: str | None = None  # why a graceful cancel was not done
+    watch: bool | None = None  # found ready while watching for waiting requests
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"action": kind, ...}`` with the fields that are set, in declaration order.
+
+        An ``end`` action always carries ``slurm_job_id`` (null for a row that never
+        reached Slurm), as the log always had.
+        """
+        out: dict[str, Any] = {"action": self.kind.value}
+        for name in _ACTION_FIELDS:
+            value = getattr(self, name)
+            if value is not None or (name == "slurm_job_id" and self.kind is ActionKind.END):
+                out[name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+
+_ACTION_FIELDS = tuple(f.name for f in fields(Action) if f.name != "kind")
 
 
 @dataclass(frozen=True)
@@ -58,6 +154,7 @@ class JobView:
     health_failures: int = 0
     end_reason: str | None = None
     replaces_job_id: int | None = None
+    gpus: int = 0  # as last recorded from Slurm
     in_flight: int = 0
 
 
@@ -79,18 +176,55 @@ class Observation:
     probes: dict[int, ProbeResult] = field(default_factory=dict)  # by jobs.id
 
 
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+UNSET = _Unset.UNSET  # a JobChange field left as it is (None is a value: it writes NULL)
+
+
+@dataclass(slots=True)
+class JobChange:
+    """Column values the planner sets on one live job row; fields left UNSET are not written.
+
+    Every field is a column of ``jobs`` (a test checks it). ``slots``: setting a
+    misspelt field raises AttributeError instead of adding it; ``apply`` also
+    refuses a field that is not a known column.
+    """
+
+    state: str | _Unset = UNSET
+    node: str | _Unset | None = UNSET
+    slurm_job_id: int | _Unset | None = UNSET
+    started_at: float | _Unset | None = UNSET
+    ready_at: float | _Unset | None = UNSET
+    draining_at: float | _Unset | None = UNSET
+    ended_at: float | _Unset | None = UNSET
+    walltime_limit: int | _Unset | None = UNSET
+    gpus: int | _Unset = UNSET
+    end_reason: str | _Unset | None = UNSET
+    last_error: str | _Unset | None = UNSET
+    health_failures: int | _Unset = UNSET
+
+    def columns(self) -> dict[str, Any]:
+        """The fields that are set, by name (a subclass's fields included: apply checks them)."""
+        return {name: v for name in self.__dataclass_fields__ if (v := getattr(self, name)) is not UNSET}
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) is not UNSET for name in self.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class Submit:
     service_id: str
     sbatch: str
-    reason: str
+    reason: SubmitReason
     replaces_job_id: int | None = None
 
 
 @dataclass(frozen=True)
 class Cancel:
     slurm_job_id: int
-    reason: str
+    reason: str  # an EndReason, or one with ", walltime ending" appended
     job_id: int | None = None  # None: an orphan with no live row
     graceful: bool = False  # a drained job: cancel only if still no request in flight
 
@@ -107,9 +241,11 @@ class ServiceUpdate:
 
 @dataclass
 class Plan:
-    job_changes: dict[int, dict[str, Any]] = field(default_factory=dict)  # jobs.id -> column values
+    """The planner's decisions for one tick (built up while planning, then only read)."""
+
+    job_changes: dict[int, JobChange] = field(default_factory=dict)  # by jobs.id
     submits: list[Submit] = field(default_factory=list)
     cancels: list[Cancel] = field(default_factory=list)
     service_updates: list[ServiceUpdate] = field(default_factory=list)
-    summary: list[str] = field(default_factory=list)
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)  # one line per service
+    actions: list[Action] = field(default_factory=list)

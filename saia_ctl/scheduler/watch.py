@@ -11,27 +11,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import Engine, text
 
 from ..db import read_session, write_session
+from ..models import JobState
 from ..slurm import SlurmClient, SlurmError
 from .probes import Prober, ProbeTarget
+from .views import Action, ActionKind
 
 QUEUE_EVERY = 1.0
 PROBE_EVERY = 0.25
 WATCH_PROBE_TIMEOUT = 1.0
 
+_QUEUED = (JobState.SUBMITTING.value, JobState.PENDING.value)  # not running yet
 _WATCHED = text(
     """
     SELECT j.id, j.slurm_job_id, j.state, j.node, j.port, j.service_id FROM jobs j
-    WHERE j.ended_at IS NULL AND j.state IN ('submitting', 'pending', 'starting')
+    WHERE j.ended_at IS NULL AND j.state IN (:submitting, :pending, :starting)
       AND j.service_id IN (SELECT r.service_id FROM requests r WHERE r.ended_at IS NULL AND r.job_id IS NULL)
       AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.service_id = j.service_id AND k.ended_at IS NULL
-                      AND k.state = 'ready')
+                      AND k.state = :ready)
     """
 )
+_STATES = {
+    "submitting": JobState.SUBMITTING.value,
+    "pending": JobState.PENDING.value,
+    "starting": JobState.STARTING.value,
+    "ready": JobState.READY.value,
+}
 
 
 def watch_waiting(
@@ -44,19 +52,19 @@ def watch_waiting(
     probe_timeout: float,
     renew: Callable[[], None],
     sleep: Callable[[float], None] = time.sleep,
-) -> list[dict[str, Any]]:
+) -> list[Action]:
     """Follow jobs that requests wait for until they are ready, gone, or the deadline; returns actions."""
-    actions: list[dict[str, Any]] = []
+    actions: list[Action] = []
     last_queue = -1e9
     last_renew = time.monotonic()
     timeout = min(probe_timeout, WATCH_PROBE_TIMEOUT)
     while time.monotonic() + timeout < deadline:
         with read_session(engine) as s:
-            rows = s.execute(_WATCHED).all()
+            rows = s.execute(_WATCHED, _STATES).all()
         if not rows:
             break
         started = time.monotonic()
-        nodes: dict[int, str] = {r[0]: r[3] for r in rows if r[2] == "starting" and r[3]}
+        nodes: dict[int, str] = {r.id: r.node for r in rows if r.state == JobState.STARTING.value and r.node}
         if started - last_queue >= QUEUE_EVERY:
             last_queue = started
             try:
@@ -66,32 +74,32 @@ def watch_waiting(
             now = clock()
             begun = []
             for r in rows:
-                sj = queue.get(r[1]) if r[1] is not None else None
+                sj = queue.get(r.slurm_job_id) if r.slurm_job_id is not None else None
                 if sj is None or sj.is_finished:
                     continue
-                if sj.is_running and sj.node and r[2] in ("submitting", "pending"):
+                if sj.is_running and sj.node and r.state in _QUEUED:
                     begun.append(
                         {
-                            "id": r[0],
+                            "id": r.id,
                             "node": sj.node,
                             "start": now - (sj.elapsed or 0),
                             "limit": sj.time_limit,
                         }
                     )
-                    nodes[r[0]] = sj.node
+                    nodes[r.id] = sj.node
             if begun:
                 with write_session(engine) as s:
                     for b in begun:
                         s.execute(
                             text(
-                                "UPDATE jobs SET state = 'starting', node = :node, started_at = :start, "
+                                "UPDATE jobs SET state = :starting, node = :node, started_at = :start, "
                                 "walltime_limit = :limit WHERE id = :id AND ended_at IS NULL "
-                                "AND state IN ('submitting', 'pending')"
+                                "AND state IN (:submitting, :pending)"
                             ),
-                            b,
+                            {**b, **_STATES},
                         )
-        port_of = {r[0]: int(r[4]) for r in rows}
-        service_of = {r[0]: r[5] for r in rows}
+        port_of = {r.id: int(r.port) for r in rows}
+        service_of = {r.id: r.service_id for r in rows}
         targets = [ProbeTarget(jid, node, port_of[jid], "/") for jid, node in nodes.items()]
         results = prober(targets, timeout)
         ready = [jid for jid, res in results.items() if res.ok]
@@ -103,22 +111,22 @@ def watch_waiting(
                         s.connection()
                         .execute(
                             text(
-                                "UPDATE jobs SET state = 'ready', ready_at = :now, health_failures = 0 "
-                                "WHERE id = :id AND ended_at IS NULL AND state = 'starting'"
+                                "UPDATE jobs SET state = :ready, ready_at = :now, health_failures = 0 "
+                                "WHERE id = :id AND ended_at IS NULL AND state = :starting"
                             ),
-                            {"now": now, "id": jid},
+                            {"now": now, "id": jid, **_STATES},
                         )
                         .rowcount
                     )
                     if n:
                         actions.append(
-                            {
-                                "action": "ready",
-                                "service": service_of[jid],
-                                "job": jid,
-                                "probe": results[jid].detail,
-                                "watch": True,
-                            }
+                            Action(
+                                ActionKind.READY,
+                                service=service_of[jid],
+                                job=jid,
+                                probe=results[jid].detail,
+                                watch=True,
+                            )
                         )
         if time.monotonic() - last_renew > 10:
             renew()

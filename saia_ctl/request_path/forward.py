@@ -1,7 +1,7 @@
 """Forward one request to a backend job over a raw socket and stream the answer
-back as ``curl -i -N`` prints it: the status line and headers as received
-(``Name: value`` lines), an empty line, then the body de-chunked, written as
-it arrives. ``http.client`` is not used: importing it costs ~40 ms.
+back to the client (``write_all``, ``release_stdout``) as ``curl -i -N``
+prints it: the status line and headers as received (``Name: value`` lines),
+an empty line, then the body de-chunked, written as it arrives. ``http.client`` is not used: importing it costs ~40 ms.
 
 Uses ``_socket`` rather than ``socket`` (which imports ``enum`` and
 ``selectors``, ~10 ms) — the same C module underneath.
@@ -22,21 +22,13 @@ _RECV = 65536
 _POLL_GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
-class BackendError(Exception):
-    """The backend could not be used before any byte reached the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# --- the client's side: the answer goes out on ``stdout`` (the SSH channel, or
+# the forwarder client's socket), unbuffered, and ends by pointing ``stdout``
+# at /dev/null.
 
 
 class ClientGone(Exception):
     """The client (the SSH session) went away: stdout is closed."""
-
-
-class BrokenAnswer(Exception):
-    """The backend broke off (closed, reset, timed out) after the answer began."""
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -50,6 +42,46 @@ def write_all(fd: int, data: bytes) -> None:
         except OSError as e:
             raise ClientGone() from e
         view = view[n:]
+
+
+def release_stdout(stdout: int) -> None:
+    """End the answer: point ``stdout`` at /dev/null, so the client sees EOF while
+    the descriptor stays taken (closing it would let the next open(), e.g.
+    SQLite's journal, become fd 1)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(null, stdout)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def say_stderr(message: str) -> None:
+    """One line on stderr (sshd passes it to the client's SSH session, not to stdout)."""
+    try:
+        os.write(2, f"saia-ctl: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+# --- the backend's side --------------------------------------------------------
+
+
+class BackendError(Exception):
+    """The backend could not be used before any byte reached the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class BrokenAnswer(Exception):
+    """The backend broke off (closed, reset, timed out) after the answer began."""
 
 
 def connect(host: str, port: int, timeout: float) -> _socket.socket:

@@ -1,5 +1,6 @@
-"""The request path: the program ``cloud_interface.sh`` runs for every SSH
-session of the cloud proxy (``shared/spec/wire-protocol.md``).
+"""The request path's handler: what ``cloud_interface.sh`` runs for every SSH
+session of the cloud proxy (``docs/wire-protocol.md``), through ``entry.py``
+(or in a forked child of the optional forwarder).
 
 One process per request, so start-up cost is every user's latency and the
 login node's CPU: standard library only (never SQLAlchemy or Typer), and only
@@ -27,6 +28,9 @@ Decisions (see the README's request path section):
   locked past the busy timeout) the request is answered 503 and not served:
   accounting is exact or the request does not run. If only the end row
   fails, the full record goes to ``logs/route.log`` and the tick closes the row.
+- A bug (an unexpected exception) still gets the client one line (a 502
+  answer, or nothing once the answer began) and its traceback goes to
+  ``logs/route.log``.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ import _socket
 import os
 import time
 
-from .hotpath import store, wire
-from .hotpath.forward import (
+from .. import rawdb
+from . import store, wire
+from .forward import (
     Answer,
     BackendError,
     ClientGone,
@@ -45,21 +50,23 @@ from .hotpath.forward import (
     find_usage,
     make_poller,
     read_answer_head,
+    release_stdout,
     request_head,
+    say_stderr,
     stream_body,
     write_all,
 )
+from .log import Log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import select
     from collections.abc import Callable
 
-    from .settings import Settings
+    from ..settings import Settings
 
 _signal = __import__("_signal")  # `signal` imports enum (~4 ms); the C module is enough
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_POLL = 0.15  # seconds between two looks at the jobs table while holding
 DEMAND_RESPAWN = 2.0  # a request with no backend starts a tick unless one was asked for this recently
 DEFAULT_RETRY_AFTER = 60
@@ -88,207 +95,20 @@ def install_signal_handlers() -> None:
         _signal.signal(getattr(_signal, name), _on_signal)
 
 
-class Log:
-    """Appends one line per event to ``$SAIA_HOME/logs/route.log``."""
-
-    def __init__(self, home: str | None, tag: str = "") -> None:
-        self.path = os.path.join(home, "logs", "route.log") if home else None
-        self.tag = tag
-
-    def __call__(self, message: str) -> None:
-        if self.path is None:
-            return
-        line = (
-            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} {self.tag} "
-            f"{message.replace(chr(10), ' ')}\n"
-        )
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        except FileNotFoundError:
-            try:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            except OSError:
-                return
-        except OSError:
-            return
-        try:
-            os.write(fd, line.encode("utf-8", "replace"))
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-def release_stdout(stdout: int) -> None:
-    """End the answer: point ``stdout`` at /dev/null, so the client sees EOF while
-    the descriptor stays taken (closing it would let the next open(), e.g.
-    SQLite's journal, become fd 1)."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.dup2(null, stdout)
-    except OSError:
-        pass
-    finally:
-        os.close(null)
-
-
-def _stderr(message: str) -> None:
-    try:
-        os.write(2, f"saia-ctl: {message}\n".encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
-# --- background ticks ------------------------------------------------------
-
-
-def spawn_detached(settings: Settings, args: list[str], log_name: str, log: Log, what: str) -> None:
-    """Start ``python -m ARGS...`` fully detached (the scheduler, the forwarder).
-
-    New session; stdin /dev/null, stdout/stderr ``logs/LOG_NAME``: nothing of
-    the SSH channel is held, so the session ends when this process exits.
-    """
-    python = settings.python
-    env = dict(os.environ)
-    env["SAIA_HOME"] = settings.home
-    env["PYTHONPATH"] = CHECKOUT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    log_dir = settings.log_dir
-    try:
-        os.makedirs(log_dir, exist_ok=True)
-        os.posix_spawn(
-            python,
-            [python, "-m", *args],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (
-                    os.POSIX_SPAWN_OPEN,
-                    1,
-                    os.path.join(log_dir, log_name),
-                    os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                    0o640,
-                ),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
-            setsigdef=(_signal.SIGPIPE, _signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM),
-        )
-    except OSError as e:
-        log(f"cannot start {what} with {python}: {e}")
-
-
-def spawn_tick(settings: Settings, if_due: bool, log: Log) -> None:
-    """Start ``python -m saia_ctl.scheduler [--if-due]`` detached, logging to ``logs/tick.log``."""
-    args = ["saia_ctl.scheduler", "--if-due"] if if_due else ["saia_ctl.scheduler"]
-    spawn_detached(settings, args, "tick.log", log, "a tick")
-
-
-# --- control commands ------------------------------------------------------
-
-
-def keep_alive(settings: Settings, stdout: int, log: Log) -> int:
-    """``OK`` at once; then a throttled tick if the last one began long enough ago."""
-    try:
-        write_all(stdout, b"OK\n")
-    except ClientGone:
-        pass
-    release_stdout(stdout)
-    if settings.raw("SAIA_FORWARDER").lower() == "on":
-        try:
-            from . import forwarder
-
-            forwarder.ensure(settings, log)
-        except Exception as e:  # the forwarder is never required
-            log(f"keep-alive: forwarder: {type(e).__name__}: {e}")
-    try:
-        conn = store.connect(settings.db_path, settings.journal_mode, settings.busy_timeout)
-        try:
-            last = store.last_tick_at(conn)
-        finally:
-            conn.close()
-    except (store.StoreError, store.Error) as e:
-        log(f"keep-alive: cannot read the last tick: {e}")
-        return 0
-    if last is None or time.time() - last >= settings.tick_interval:
-        spawn_tick(settings, True, log)
-    return 0
-
-
-def status_document(conn: store.Connection) -> dict[str, object]:
-    """The `status` answer: enabled services with their live state."""
-    import json
-
-    services, counts = store.status_rows(conn)
-    per: dict[str, dict[str, int]] = {}
-    for sid, state, n in counts:
-        per.setdefault(str(sid), {})[str(state)] = int(n)
-    out: list[dict[str, object]] = []
-    for sid, name, owned_by, inp, outp, minimum, maximum, target in services:
-        c = per.get(str(sid), {})
-        ready = c.get("ready", 0)
-        starting = c.get("pending", 0) + c.get("starting", 0) + c.get("submitting", 0)
-        lists = []
-        for text in (inp, outp):
-            try:
-                value = json.loads(text)
-            except (TypeError, ValueError):
-                value = []
-            lists.append(value if isinstance(value, list) else [])
-        out.append(
-            {
-                "id": sid,
-                "name": name,
-                "owned_by": owned_by,
-                "input": lists[0],
-                "output": lists[1],
-                "state": "ready" if ready else ("starting" if starting else "offline"),
-                "ready": ready,
-                "starting": starting,
-                "draining": c.get("draining", 0),
-                "target": int(target),
-                "minimum_number_instances": int(minimum),
-                "maximum_number_instances": int(maximum),
-            }
-        )
-    return {"services": out}
-
-
-def status(settings: Settings, stdout: int, log: Log) -> int:
-    import json
-
-    try:
-        conn = store.connect(settings.db_path, settings.journal_mode, settings.busy_timeout)
-        try:
-            doc = status_document(conn)
-        finally:
-            conn.close()
-    except (store.StoreError, store.Error) as e:
-        log(f"status: {e}")
-        doc = {"services": [], "error": "the state database is unavailable"}
-        write_all(stdout, (json.dumps(doc) + "\n").encode("utf-8"))
-        return 1
-    write_all(stdout, (json.dumps(doc) + "\n").encode("utf-8"))
-    return 0
-
-
 # --- requests --------------------------------------------------------------
 
 
-def _choose(jobs: list[tuple[int, str, int, str, int]]) -> list[tuple[int, str, int, str, int]]:
+def _choose(jobs: list[rawdb.Row]) -> list[rawdb.Row]:
     """Candidates in order of preference: the least in flight first, ties at random."""
     if len(jobs) < 2:
         return jobs
-    least = min(j[4] for j in jobs)
-    best = [j for j in jobs if j[4] == least]
+    least = min(j["in_flight"] for j in jobs)
+    best = [j for j in jobs if j["in_flight"] == least]
     first = best[int.from_bytes(os.urandom(4), "little") % len(best)]
     return [first] + [j for j in jobs if j is not first]
 
 
-def retry_after(conn: store.Connection, service_id: str, now: float) -> tuple[int, str]:
+def retry_after(conn: rawdb.Connection, service_id: str, now: float) -> tuple[int, str]:
     """(seconds, phase) for a 503: phase is pending, starting or not started."""
     live = store.live_states(conn, service_id)
     if "starting" in live:
@@ -343,13 +163,13 @@ def _answer_error(
 
 
 def _hold(
-    conn: store.Connection,
+    conn: rawdb.Connection,
     settings: Settings,
     service_id: str,
     hold: float,
     stdout: int,
     log: Log,
-) -> list[tuple[int, str, int, str, int]]:
+) -> list[rawdb.Row]:
     """Wait up to ``hold`` seconds for a ready job, nothing sent meanwhile."""
     import select
 
@@ -371,6 +191,8 @@ def _hold(
         if jobs:
             return jobs
         if time.time() >= next_tick:  # nobody sends keep-alive: keep the ticks coming
+            from .spawn import spawn_tick
+
             spawn_tick(settings, True, log)
             next_tick = time.time() + max(settings.tick_interval, 1.0)
 
@@ -433,7 +255,7 @@ def _send_body(
 def _forward(
     settings: Settings,
     req: wire.ParsedRequest,
-    candidates: list[tuple[int, str, int, str, int]],
+    candidates: list[rawdb.Row],
     stdin: int,
     stdout: int,
     rq: Request,
@@ -443,19 +265,19 @@ def _forward(
     failure: BackendError | None = None
     job = candidates[0]
     for job in candidates:
-        rq.job_id = job[0]
+        rq.job_id = job["id"]
         try:
-            sock = connect(job[1], job[2], settings.connect_timeout)
+            sock = connect(job["node"], job["port"], settings.connect_timeout)
             break
         except BackendError as e:
             failure = e
-            log(f"job {job[0]}: {e.message}")
+            log(f"job {job['id']}: {e.message}")
     if sock is None:
         assert failure is not None
         _answer_error(stdout, rq, failure.status, failure.message)
         return
     try:
-        _, node, port, secret, _ = job
+        node, port, secret = job["node"], job["port"], job["secret"]
 
         def head_for(framing: tuple[str, str] | None) -> bytes:
             return request_head(req.method, req.path, node, port, req.headers, secret, framing)
@@ -501,15 +323,17 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
     global _closing
     rq = Request()
     try:
-        conn = store.connect(settings.db_path, settings.journal_mode, settings.busy_timeout)
-    except store.StoreError as e:
+        conn = rawdb.connect(
+            settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout
+        )
+    except rawdb.DatabaseUnavailable as e:
         log(f"503 {e}")
         _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
         return 1
     try:
         try:
             hold = store.service_hold_time(conn, req.service_id)
-        except store.Error as e:
+        except rawdb.Error as e:
             log(f"503 cannot read services: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
             return 1
@@ -519,9 +343,9 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
         now = time.time()
         rq.bytes_in = len(req.body) if req.body is not None else 0
         try:
-            with store.immediate(conn):
+            with rawdb.immediate(conn):
                 jobs = _choose(store.ready_jobs(conn, req.service_id))
-                rq.job_id = jobs[0][0] if jobs else None
+                rq.job_id = jobs[0]["id"] if jobs else None
                 rq.row, recorded = store.record_start(
                     conn,
                     inference_id=req.inference_id,
@@ -536,7 +360,7 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
                     bytes_in=rq.bytes_in,
                 )
                 previous_demand = store.record_demand(conn, req.service_id, now) if not jobs else None
-        except store.Error as e:
+        except rawdb.Error as e:
             rq.row = None
             log(f"503 cannot record the request {req.inference_id}: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
@@ -545,6 +369,8 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
         try:
             if not jobs:
                 if previous_demand is None or now - previous_demand >= DEMAND_RESPAWN:
+                    from .spawn import spawn_tick  # only without a ready job
+
                     spawn_tick(settings, False, log)
                 jobs = _choose(_hold(conn, settings, req.service_id, hold, stdout, log)) if hold > 0 else []
                 if not jobs:
@@ -571,10 +397,10 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
                 rq.outcome, rq.error = "error", "the handler was terminated (SIGTERM)"
             else:
                 rq.outcome, rq.error = "aborted", f"the client went away (signal {e.signum})"
-        except Exception as e:
+        except Exception as e:  # a bug: one line for the client, the traceback in the log
             rq.outcome, rq.error = "error", f"internal error: {type(e).__name__}: {e}"
-            log(rq.error)
-            _stderr(rq.error)
+            log.bug(rq.error, e)
+            say_stderr(rq.error)
             try:
                 _answer_error(stdout, rq, 502, "internal error of the request path")
                 rq.error = f"internal error: {type(e).__name__}: {e}"
@@ -588,7 +414,7 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
         conn.close()
 
 
-def _finish(conn: store.Connection, rq: Request, log: Log) -> None:
+def _finish(conn: rawdb.Connection, rq: Request, log: Log) -> None:
     if rq.row is None:
         return
     tokens_in, tokens_out = find_usage(rq.delivery.tail) if rq.delivery.tail else (None, None)
@@ -605,9 +431,9 @@ def _finish(conn: store.Connection, rq: Request, log: Log) -> None:
         "error": rq.error,
     }
     try:
-        with store.immediate(conn):
+        with rawdb.immediate(conn):
             store.record_end(conn, rq.row, **record)  # type: ignore[arg-type]
-    except store.Error as e:
+    except rawdb.Error as e:
         import json
 
         log(f"cannot close request row {rq.row}: {e}; record: {json.dumps(record)}")
@@ -632,34 +458,29 @@ def run(command: bytes, *, stdin: int = 0, stdout: int = 1, environ: dict[str, s
         except wire.WireError as e:
             write_all(stdout, wire.error_response(e.status, e.message))
             return 1
-        from .settings import Settings, SettingsError
+        from ..settings import Settings, SettingsError
 
         try:
-            settings = Settings(environ=environ)
-            # Every value used below, checked now: a bad one is a clean 503, not a crash later.
-            for value in (settings.db_path, settings.journal_mode, settings.busy_timeout):
-                assert value is not None
-            for value in (settings.connect_timeout, settings.backend_timeout, settings.tick_interval):
-                assert value is not None
+            settings = Settings(environ=environ)  # every value parsed and checked here
         except SettingsError as e:
             log(f"settings: {e}")
-            _stderr(f"bad settings: {e}")
+            say_stderr(f"bad settings: {e}")
             if parsed == "keep-alive":
                 write_all(stdout, b"OK\n")
             else:
                 write_all(stdout, wire.error_response(503, "the request path is misconfigured"))
             return 1
-        if parsed == "keep-alive":
-            return keep_alive(settings, stdout, log)
-        if parsed == "status":
-            return status(settings, stdout, log)
+        if parsed == "keep-alive" or parsed == "status":
+            from . import control  # not needed by requests: not imported before them
+
+            return (control.keep_alive if parsed == "keep-alive" else control.status)(settings, stdout, log)
         assert isinstance(parsed, wire.ParsedRequest)
         return handle_request(parsed, settings, stdin, stdout, log)
     except (ClientGone, Interrupted):
         return 1
-    except Exception as e:  # never a traceback on stdout
-        log(f"internal error: {type(e).__name__}: {e}")
-        _stderr(f"internal error: {type(e).__name__}")
+    except Exception as e:  # a bug: never a traceback on stdout; in full in the log
+        log.bug(f"internal error: {type(e).__name__}: {e}", e)
+        say_stderr(f"internal error: {type(e).__name__}")
         return 1
     finally:
         release_stdout(stdout)

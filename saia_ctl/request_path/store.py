@@ -1,72 +1,32 @@
-"""The SQL of the request path, run with ``sqlite3`` directly (no SQLAlchemy:
-it costs ~250 ms per process). Column names repeat ``saia_ctl.models``;
-``tests/test_schema_agreement.py`` proves the two agree.
+"""The SQL of the request path, run on a ``saia_ctl.rawdb`` connection (no
+SQLAlchemy: it costs ~250 ms per process); rows are read by column name.
+Column names repeat ``saia_ctl.models``; ``tests/test_schema_agreement.py``
+proves the two agree.
 
 Every statement uses named parameters, so bulk users (the accounting bench)
 can ``executemany`` them. ``record_start`` / ``record_end`` run inside the
-caller's transaction (see ``immediate``) and never commit themselves.
+caller's transaction (``rawdb.immediate``) and never commit themselves.
 """
 
 from __future__ import annotations
 
 import time
 
+from .. import rawdb
+from ..walltime import REQUEST_PATH_STOP
+
 TYPE_CHECKING = False  # typing costs ~5 ms per request; mypy still sees these
 if TYPE_CHECKING:
-    import sqlite3
-    from collections.abc import Sequence
     from typing import Any
-else:
-    import sys
-
-    def _load_sqlite3():  # type: ignore[no-untyped-def]
-        """The C module ``_sqlite3`` (``sqlite3`` adds datetime adapters we never use).
-
-        Its init imports ``functools`` only for ``lru_cache`` (the statement
-        cache), which drags in ``collections`` & co: ~3 ms of every request.
-        When nothing has loaded ``functools`` yet, it gets a stand-in built on
-        the same C ``_lru_cache_wrapper`` for the duration of that import,
-        and the stand-in is removed right after: a later ``import functools``
-        gets the real module. Any surprise: the plain import.
-        """
-        if "functools" in sys.modules or "_sqlite3" in sys.modules:
-            import _sqlite3
-
-            return _sqlite3
-        try:
-            import _functools
-
-            stand_in = type(sys)("functools")
-
-            def lru_cache(maxsize=128, typed=False):  # type: ignore[no-untyped-def]
-                return lambda f: _functools._lru_cache_wrapper(f, maxsize, typed, tuple)
-
-            stand_in.lru_cache = lru_cache  # type: ignore[attr-defined]
-            sys.modules["functools"] = stand_in
-            try:
-                import _sqlite3
-            finally:
-                del sys.modules["functools"]
-            return _sqlite3
-        except Exception:  # pragma: no cover - another CPython's internals
-            sys.modules.pop("_sqlite3", None)
-            import sqlite3
-
-            return sqlite3
-
-    sqlite3 = _load_sqlite3()
-
-Error = sqlite3.Error
-Connection = sqlite3.Connection
 
 # An enabled service: what a request needs before anything is written.
 SERVICE_SQL = "SELECT request_hold_time FROM services WHERE id = :service_id AND enabled = 1"
 
 # Ready jobs of a service with their in-flight requests (uses the partial
 # index ix_requests_in_flight); the least loaded first. A job whose walltime
-# ends within :margin seconds is left out even if no tick has drained it yet
-# (the scheduler drains it earlier; this covers the time between ticks):
-# Slurm would kill it mid-answer.
+# ends within :margin seconds (walltime.REQUEST_PATH_STOP) is left out even
+# if no tick has drained it yet (the scheduler drains it earlier; this covers
+# the time between ticks): Slurm would kill it mid-answer.
 READY_JOBS_SQL = """
 SELECT j.id, j.node, j.port, j.secret,
        (SELECT count(*) FROM requests r
@@ -78,18 +38,15 @@ SELECT j.id, j.node, j.port, j.secret,
         OR j.started_at + j.walltime_limit > :now + :margin)
  ORDER BY in_flight
 """
-# Seconds before its walltime ends after which a job gets no new request.
-WALLTIME_MARGIN = 15.0
-
 # Live jobs per state, to say why there is no backend.
 LIVE_STATES_SQL = """
-SELECT state, count(*), min(submitted_at) FROM jobs
+SELECT state, count(*) AS n, min(submitted_at) AS first_submitted FROM jobs
  WHERE service_id = :service_id AND ended_at IS NULL GROUP BY state
 """
 
 # Past submit -> ready times of the service, newest first (Retry-After estimate).
 START_TIMES_SQL = """
-SELECT ready_at - submitted_at FROM jobs
+SELECT ready_at - submitted_at AS took FROM jobs
  WHERE service_id = :service_id AND ready_at IS NOT NULL AND ready_at >= submitted_at
  ORDER BY ready_at DESC LIMIT 20
 """
@@ -103,7 +60,7 @@ VALUES (:inference_id, :user_id, :service_id, :job_id, :method, :path, :started_
 
 # Rows already recorded under this inference id (the original or suffixed).
 DUPLICATE_IDS_SQL = """
-SELECT count(*) FROM requests WHERE inference_id = :inference_id OR inference_id GLOB :pattern
+SELECT count(*) AS n FROM requests WHERE inference_id = :inference_id OR inference_id GLOB :pattern
 """
 
 FINISH_REQUEST_SQL = """
@@ -120,17 +77,17 @@ DEMAND_INSERT_SQL = """
 INSERT INTO service_states (service_id, load_avg, target, demand_at) VALUES (:service_id, 0.0, 0, :now)
 """
 
-LAST_TICK_SQL = "SELECT max(started_at) FROM ticks"
+LAST_TICK_SQL = "SELECT max(started_at) AS last FROM ticks"
 
 # For `status`: enabled services with their live jobs per state and last target.
 STATUS_SERVICES_SQL = """
 SELECT s.id, s.name, s.owned_by, s.input, s.output, s.minimum_number_instances,
-       s.maximum_number_instances, coalesce(ss.target, 0)
+       s.maximum_number_instances, coalesce(ss.target, 0) AS target
   FROM services s LEFT JOIN service_states ss ON ss.service_id = s.id
  WHERE s.enabled = 1 ORDER BY s.id
 """
 STATUS_JOBS_SQL = (
-    "SELECT service_id, state, count(*) FROM jobs WHERE ended_at IS NULL GROUP BY service_id, state"
+    "SELECT service_id, state, count(*) AS n FROM jobs WHERE ended_at IS NULL GROUP BY service_id, state"
 )
 
 # The suffix marks a re-used inference id; '~' is outside the id charset, so a
@@ -138,75 +95,20 @@ STATUS_JOBS_SQL = (
 DUPLICATE_SEPARATOR = "~"
 
 
-class StoreError(Exception):
-    """The database cannot be used for this request."""
-
-
-def _uri(path: str) -> str:
-    quoted = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
-    return f"file:{quoted}?mode=rw"
-
-
-def connect(path: str, journal_mode: str, busy_timeout: float) -> sqlite3.Connection:
-    """Open an existing database (never create one) with the pragmas of ``saia_ctl.db``.
-
-    The journal mode is only set when it differs: switching costs a write
-    lock, and a rollback-journal mode is per connection anyway.
-    """
-    try:
-        conn = sqlite3.connect(
-            _uri(path), uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot open the database {path}: {e}") from None
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        row = conn.execute("PRAGMA journal_mode").fetchone()
-        if row is None or str(row[0]).lower() != journal_mode:
-            conn.execute(f"PRAGMA journal_mode = {journal_mode}")
-        if journal_mode == "wal":
-            conn.execute("PRAGMA synchronous = NORMAL")
-    except sqlite3.Error as e:
-        conn.close()
-        raise StoreError(f"cannot use the database {path}: {e}") from None
-    return conn
-
-
-class immediate:
-    """One short write transaction: BEGIN IMMEDIATE, COMMIT, ROLLBACK on error."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, kind: object, value: object, tb: object) -> None:
-        if kind is None:
-            self.conn.execute("COMMIT")
-        else:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-
-
-def service_hold_time(conn: sqlite3.Connection, service_id: str) -> float | None:
+def service_hold_time(conn: rawdb.Connection, service_id: str) -> float | None:
     """The request hold time of an enabled service; None if unknown or disabled."""
     row = conn.execute(SERVICE_SQL, {"service_id": service_id}).fetchone()
-    return None if row is None else float(row[0])
+    return None if row is None else float(row["request_hold_time"])
 
 
-def ready_jobs(conn: sqlite3.Connection, service_id: str) -> list[tuple[int, str, int, str, int]]:
-    """(id, node, port, secret, in_flight) of the service's ready jobs, least loaded first."""
-    params = {"service_id": service_id, "now": time.time(), "margin": WALLTIME_MARGIN}
-    return [tuple(r) for r in conn.execute(READY_JOBS_SQL, params)]  # type: ignore[misc]
+def ready_jobs(conn: rawdb.Connection, service_id: str) -> list[rawdb.Row]:
+    """Rows (id, node, port, secret, in_flight) of the service's ready jobs, least loaded first."""
+    params = {"service_id": service_id, "now": time.time(), "margin": REQUEST_PATH_STOP}
+    return list(conn.execute(READY_JOBS_SQL, params))
 
 
 def record_start(
-    conn: sqlite3.Connection,
+    conn: rawdb.Connection,
     *,
     inference_id: str,
     user_id: str,
@@ -239,13 +141,13 @@ def record_start(
     }
     try:
         cur = conn.execute(INSERT_REQUEST_SQL, params)
-    except sqlite3.IntegrityError as e:
+    except rawdb.IntegrityError as e:
         if "inference_id" not in str(e):
             raise
-        (count,) = conn.execute(
+        count = conn.execute(
             DUPLICATE_IDS_SQL,
             {"inference_id": inference_id, "pattern": f"{inference_id}{DUPLICATE_SEPARATOR}*"},
-        ).fetchone()
+        ).fetchone()["n"]
         params["inference_id"] = f"{inference_id}{DUPLICATE_SEPARATOR}{int(count) + 1}"
         cur = conn.execute(INSERT_REQUEST_SQL, params)
     assert cur.lastrowid is not None
@@ -253,7 +155,7 @@ def record_start(
 
 
 def record_end(
-    conn: sqlite3.Connection,
+    conn: rawdb.Connection,
     request_id: int,
     *,
     job_id: int | None,
@@ -286,7 +188,7 @@ def record_end(
     )
 
 
-def record_demand(conn: sqlite3.Connection, service_id: str, now: float) -> float | None:
+def record_demand(conn: rawdb.Connection, service_id: str, now: float) -> float | None:
     """Set ``service_states.demand_at``; returns the previous value."""
     row = conn.execute(PREVIOUS_DEMAND_SQL, {"service_id": service_id}).fetchone()
     params = {"service_id": service_id, "now": now}
@@ -294,27 +196,27 @@ def record_demand(conn: sqlite3.Connection, service_id: str, now: float) -> floa
         conn.execute(DEMAND_INSERT_SQL, params)
         return None
     conn.execute(DEMAND_SQL, params)
-    return None if row[0] is None else float(row[0])
+    return None if row["demand_at"] is None else float(row["demand_at"])
 
 
-def last_tick_at(conn: sqlite3.Connection) -> float | None:
+def last_tick_at(conn: rawdb.Connection) -> float | None:
     row = conn.execute(LAST_TICK_SQL).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    return None if row is None or row["last"] is None else float(row["last"])
 
 
-def live_states(conn: sqlite3.Connection, service_id: str) -> dict[str, tuple[int, float]]:
+def live_states(conn: rawdb.Connection, service_id: str) -> dict[str, tuple[int, float]]:
     """state -> (live jobs, earliest submission) of a service."""
     return {
-        str(state): (int(n), float(first))
-        for state, n, first in conn.execute(LIVE_STATES_SQL, {"service_id": service_id})
+        str(r["state"]): (int(r["n"]), float(r["first_submitted"]))
+        for r in conn.execute(LIVE_STATES_SQL, {"service_id": service_id})
     }
 
 
-def start_times(conn: sqlite3.Connection, service_id: str) -> list[float]:
-    return [float(r[0]) for r in conn.execute(START_TIMES_SQL, {"service_id": service_id})]
+def start_times(conn: rawdb.Connection, service_id: str) -> list[float]:
+    return [float(r["took"]) for r in conn.execute(START_TIMES_SQL, {"service_id": service_id})]
 
 
-def status_rows(conn: sqlite3.Connection) -> tuple[list[Sequence[Any]], list[Sequence[Any]]]:
+def status_rows(conn: rawdb.Connection) -> tuple[list[rawdb.Row], list[rawdb.Row]]:
     """(services, live job counts) for the `status` command."""
     return (
         list(conn.execute(STATUS_SERVICES_SQL).fetchall()),

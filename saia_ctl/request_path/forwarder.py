@@ -1,16 +1,17 @@
 """The opt-in request forwarder (``SAIA_FORWARDER=on``): one long-lived process
 per login node and state directory, so that a request costs no interpreter start.
 
-``python -m saia_ctl.forwarder`` (started detached by ``keep-alive``) listens on
-a Unix socket in a private local directory, ``${TMPDIR:-/tmp}/saia-UID/HASH.sock``
-(HASH: FNV-1a 32 of the absolute ``SAIA_HOME``; the directory must be ours and
-mode 0700, else nothing starts and every request takes the one-process path).
-It has ``saia_ctl.route`` and its modules imported; for each connection it
-forks a child that reads the header, answers with its pid, takes the client's
-environment and runs ``route.run(command, stdin=conn, stdout=conn)``: the same
-code as the one-process path, with its own pid as ``handler_pid``.
+``python -m saia_ctl.request_path.forwarder`` (started detached by
+``keep-alive``, see ``forwarder_socket.ensure``) listens on a Unix socket in a
+private local directory, ``${TMPDIR:-/tmp}/saia-UID/HASH.sock`` (HASH: FNV-1a
+32 of the absolute ``SAIA_HOME``; the directory must be ours and mode 0700,
+else nothing starts and every request takes the one-process path). It has
+the handler and its modules imported; for each connection it forks a child
+that reads the header, answers with its pid, takes the client's environment
+and runs ``handler.run(command, stdin=conn, stdout=conn)``: the same code as
+the one-process path, with its own pid as ``handler_pid``.
 
-The client is ``saia_ctl/hotpath/client.pl`` (perl, no modules), which
+The client is ``saia_ctl/request_path/client.pl`` (perl, no modules), which
 ``cloud_interface.sh`` runs only when the private directory exists; whenever
 the forwarder does not answer it execs the one-process path instead.
 
@@ -34,7 +35,8 @@ from __future__ import annotations
 import os
 import sys
 
-MAGIC = b"SAIAFWD1"
+from .forwarder_socket import MAGIC, ForwarderError, private_dir, socket_path
+
 IDLE = 600.0  # seconds without a connection before the forwarder exits
 CHECK_EVERY = 1.0  # seconds between two looks at the code, saia.conf and the socket file
 HEADER_TIMEOUT = 5.0
@@ -44,73 +46,6 @@ PACKAGE = os.path.dirname(os.path.abspath(__file__))
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-
-    from .route import Log
-    from .settings import Settings
-
-
-class ForwarderError(Exception):
-    """The forwarder cannot (or must not) run."""
-
-
-def fnv32(data: bytes) -> str:
-    h = 2166136261
-    for c in data:
-        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
-    return f"{h:08x}"
-
-
-def base_dir(environ: dict[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    return f"{env.get('TMPDIR') or '/tmp'}/saia-{os.getuid()}"
-
-
-def socket_path(home: str, environ: dict[str, str] | None = None) -> str:
-    """Where the forwarder of ``home`` listens (``client.pl`` computes the same)."""
-    return f"{base_dir(environ)}/{fnv32(os.fsencode(os.path.abspath(home)))}.sock"
-
-
-def private_dir(path: str, create: bool) -> None:
-    """Make sure ``path`` is a directory of ours that nobody else may enter."""
-    import stat
-
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ForwarderError(f"{path} is not a directory")
-    if st.st_uid != os.getuid():
-        raise ForwarderError(f"{path} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
-    if st.st_mode & 0o077:
-        raise ForwarderError(f"{path} is accessible to others (mode {stat.S_IMODE(st.st_mode):o}); not used")
-
-
-def answers(path: str) -> bool:
-    """Does a forwarder accept connections on ``path``?"""
-    import _socket
-
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        s.settimeout(1.0)
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def ensure(settings: Settings, log: Log) -> None:
-    """Start the forwarder, detached, unless its socket answers (keep-alive, when on)."""
-    path = socket_path(settings.home)
-    if answers(path):
-        return
-    from .route import spawn_detached
-
-    spawn_detached(settings, ["saia_ctl.forwarder"], "forwarder.log", log, "the forwarder")
 
 
 # --- the forwarder ---------------------------------------------------------
@@ -128,7 +63,7 @@ def _say(message: str) -> None:
 def _watched(home: str) -> dict[str, float | None]:
     """mtimes of the code the children run and of saia.conf (None: missing)."""
     files = [os.path.join(home, "saia.conf")]
-    for folder in (PACKAGE, os.path.join(PACKAGE, "hotpath")):
+    for folder in (os.path.dirname(PACKAGE), PACKAGE):
         try:
             files += [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py")]
         except OSError:
@@ -153,10 +88,10 @@ def _read_exact(conn: socket.socket, n: int) -> bytes:
 
 
 def _child(conn: socket.socket) -> int:
-    """One request, in a forked child: header, pid, route.run. Returns the exit status."""
+    """One request, in a forked child: header, pid, handler.run. Returns the exit status."""
     import signal
 
-    from . import route
+    from . import handler
 
     conn.settimeout(HEADER_TIMEOUT)
     try:
@@ -183,8 +118,8 @@ def _child(conn: socket.socket) -> int:
     os.environb.update(env)  # type: ignore[attr-defined]
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-    route.install_signal_handlers()
-    return route.run(env.get(b"SSH_ORIGINAL_COMMAND", b""), stdin=fd, stdout=fd)
+    handler.install_signal_handlers()
+    return handler.run(env.get(b"SSH_ORIGINAL_COMMAND", b""), stdin=fd, stdout=fd)
 
 
 def serve(home: str, idle: float = IDLE) -> int:
@@ -198,13 +133,13 @@ def serve(home: str, idle: float = IDLE) -> int:
     import socket
     import time
 
-    from . import route  # noqa: F401
-    from .hotpath import forward, store, wire  # noqa: F401
-    from .settings import Settings, SettingsError
+    from .. import rawdb  # noqa: F401
+    from ..settings import Settings, SettingsError
+    from . import control, forward, handler, store, wire  # noqa: F401
 
     try:
         settings = Settings(home=home)
-        if settings.raw("SAIA_FORWARDER").lower() != "on":
+        if not settings.forwarder:
             raise ForwarderError("SAIA_FORWARDER is not on")
         path = socket_path(settings.home)
         folder = os.path.dirname(path)
@@ -282,6 +217,10 @@ def serve(home: str, idle: float = IDLE) -> int:
                             listener.close()
                             os.close(lock_fd)
                             rc = _child(conn)
+                        except Exception:  # a bug: its traceback goes to logs/forwarder.log
+                            import traceback
+
+                            traceback.print_exc()
                         finally:
                             os._exit(rc)
                     conn.close()
@@ -329,10 +268,10 @@ def serve(home: str, idle: float = IDLE) -> int:
 
 
 def _turned_off(home: str) -> bool:
-    from .settings import Settings, SettingsError
+    from ..settings import Settings, SettingsError
 
     try:
-        return Settings(home=home).raw("SAIA_FORWARDER").lower() != "on"
+        return not Settings(home=home).forwarder
     except SettingsError:
         return False
 
@@ -340,7 +279,9 @@ def _turned_off(home: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m saia_ctl.forwarder", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m saia_ctl.request_path.forwarder", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--home", default=os.environ.get("SAIA_HOME", ""), help="state directory (SAIA_HOME)")
     ap.add_argument("--idle", type=float, default=IDLE, help="seconds without a connection before exiting")
     args = ap.parse_args(argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,13 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.netkit import free_port as _free_port
+from tests.support.net import free_port
+from tests.support.paths import DEV_CLUSTER
 
-REPO = Path(__file__).resolve().parent.parent
-DEV_CLUSTER = REPO / "scripts" / "dev-cluster.sh"
 _ENV_KEYS = ("SLURM_CONF", "NODE", "SSH_PORT", "SSH_USER", "SSH_KEY", "SSH_TARGET", "SSH_OPTS")
 
-__all__ = ["Cluster", "cluster", "start_cluster"]
+__all__ = ["Cluster", "cluster", "cluster_at", "cluster_running", "log_tails", "start_cluster"]
 
 
 @dataclass
@@ -137,7 +137,8 @@ def _read_env(directory: Path) -> dict[str, str]:
     return env
 
 
-def _running(directory: Path) -> bool:
+def cluster_running(directory: Path) -> bool:
+    """Whether ``dev-cluster.sh status DIR`` finds the cluster of DIR up."""
     if not (directory / "env.sh").is_file():
         return False
     proc = subprocess.run(
@@ -146,7 +147,8 @@ def _running(directory: Path) -> bool:
     return proc.returncode == 0
 
 
-def _cluster_at(directory: Path, owned: bool) -> Cluster:
+def cluster_at(directory: Path, owned: bool) -> Cluster:
+    """The cluster that ``dev-cluster.sh`` runs in DIR (read from DIR/env.sh)."""
     env = _read_env(directory)
     return Cluster(
         dir=directory,
@@ -159,18 +161,51 @@ def _cluster_at(directory: Path, owned: bool) -> Cluster:
     )
 
 
-def start_cluster(directory: Path) -> Cluster:
-    """``dev-cluster.sh up DIR`` on free ports; raises RuntimeError with the script's output."""
-    ports = {"SLURMCTLD_PORT": _free_port(), "SLURMD_PORT": _free_port(), "SSH_PORT": _free_port()}
+def log_tails(directory: Path, message: str = "", lines: int = 12) -> str:
+    """The last ``lines`` lines of the daemon logs of a cluster folder, to put in an error.
+
+    The logs the script's ``message`` names (``(see DIR/ssh/sshd.log)``) come
+    first; without one, every ``*.log`` of the folder, newest first. Read them
+    before the folder is deleted: the error must carry them.
+    """
+    named = [Path(p) for p in re.findall(r"\(see (\S+?)\)", message)]
+    logs = [p for p in named if p.is_file()]
+    if not logs and directory.is_dir():
+        found = [p for p in directory.rglob("*.log") if p.is_file()]
+        logs = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    parts = []
+    for log in logs:
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as e:
+            tail = [f"(unreadable: {e})"]
+        rel = log.relative_to(directory) if log.is_relative_to(directory) else log
+        parts.append(f"--- {rel} (last {len(tail)} lines) ---\n" + "\n".join(tail or ["(empty)"]))
+    return "\n".join(parts)
+
+
+def start_cluster(directory: Path, script: Path = DEV_CLUSTER) -> Cluster:
+    """``dev-cluster.sh up DIR`` on free ports.
+
+    On failure it stops what was started and raises RuntimeError with the
+    script's last lines and the tail of the daemon logs (read before anything
+    is deleted).
+    """
+    ports = {"SLURMCTLD_PORT": free_port(), "SLURMD_PORT": free_port(), "SSH_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
     proc = subprocess.run(
-        [str(DEV_CLUSTER), "up", str(directory)], env=env, capture_output=True, text=True, timeout=180
+        [str(script), "up", str(directory)], env=env, capture_output=True, text=True, timeout=180
     )
     if proc.returncode != 0:
-        subprocess.run([str(DEV_CLUSTER), "down", str(directory)], capture_output=True, timeout=180)
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"dev-cluster.sh up failed (rc={proc.returncode}): {' | '.join(tail)}")
-    return _cluster_at(directory, owned=True)
+        output = (proc.stderr or proc.stdout).strip()
+        logs = log_tails(directory, output)
+        subprocess.run([str(script), "down", str(directory)], capture_output=True, timeout=180)
+        tail = output.splitlines()[-5:]
+        raise RuntimeError(
+            f"dev-cluster.sh up failed (rc={proc.returncode}): {' | '.join(tail)}"
+            + (f"\n{logs}" if logs else "\n(no daemon log in the folder)")
+        )
+    return cluster_at(directory, owned=True)
 
 
 @pytest.fixture(scope="session")
@@ -179,8 +214,8 @@ def cluster() -> Iterator[Cluster]:
     shared = os.environ.get("SAIA_TEST_CLUSTER")
     tmpdir: str | None = None
     try:
-        if shared and _running(Path(shared)):
-            c = _cluster_at(Path(shared).resolve(), owned=False)
+        if shared and cluster_running(Path(shared)):
+            c = cluster_at(Path(shared).resolve(), owned=False)
         else:
             if shared:
                 warnings.warn(

@@ -1,4 +1,4 @@
-# Client of the opt-in request forwarder (saia_ctl/forwarder.py), run by
+# Client of the opt-in request forwarder (saia_ctl/request_path/forwarder.py), run by
 # cloud_interface.sh as: perl client.pl PYTHON ENTRY. If the forwarder does not
 # answer, it execs the one-process path (PYTHON -I -S ENTRY), untouched.
 # Builtins only, no modules (loading Socket alone costs ~10 ms); the numbers

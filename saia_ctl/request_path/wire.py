@@ -1,54 +1,36 @@
 """The forced-command wire protocol: parse and validate ``SSH_ORIGINAL_COMMAND``,
 and build the answers the interface gives itself.
 
-The protocol is fixed by ``shared/spec/wire-protocol.md``: control words
-(section 1), the request lines (section 2) and the error answers (section 4).
-Nothing here touches the database, a socket or a shell.
+The protocol is fixed by ``docs/wire-protocol.md``: control words (section 1),
+the request lines (section 2) and the error answers (section 4); its
+character sets and limits are declared in ``saia_ctl.wire_spec``. Nothing
+here touches the database, a socket or a shell.
 """
 
 from __future__ import annotations
 
-MAX_FIELD = 256  # lines 1-4
-MAX_HEADERS = 100
-MAX_HEADER_LEN = 8192  # one "name: value"
-MAX_METHOD_LEN = 16
+from .. import wire_spec as spec
 
-CONTROL_WORDS = (b"keep-alive", b"status")
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MAX_FIELD = spec.MAX_FIELD
+MAX_HEADERS = spec.MAX_HEADERS
+MAX_HEADER_LEN = spec.MAX_HEADER_LEN
+MAX_METHOD_LEN = spec.MAX_METHOD_LEN
+METHODS = spec.METHODS
+CONTROL_WORDS = tuple(w.encode("ascii") for w in spec.CONTROL_WORDS)
+_ARG_WORDS = tuple(w.encode("ascii") for w in spec.ARG_WORDS)
 
-_ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-ID_CHARS = frozenset(_ALNUM + b"._-+")
-USER_CHARS = frozenset(_ALNUM + b"._-+@")
-PATH_CHARS = frozenset(_ALNUM + b"_/.-+?=&")
-TOKEN_CHARS = frozenset(_ALNUM + b"!#$%&'*+-.^_`|~")  # RFC 9110 tchar
+ID_CHARS = frozenset(spec.ID_CHARS.encode("ascii"))
+USER_CHARS = frozenset(spec.USER_CHARS.encode("ascii"))
+PATH_CHARS = frozenset(spec.PATH_CHARS.encode("ascii"))
+TOKEN_CHARS = frozenset(spec.TOKEN_CHARS.encode("ascii"))
 _SPACE = (0x20, 0x09)
 # Bytes never allowed in the argument list (the part before -d): C0 controls
 # except TAB (a word separator), and DEL. LF cannot occur (lines are joined).
 _BAD_ARG_BYTES = frozenset(b for b in range(0x20) if b != 0x09) | {0x7F}
 
-# Sent by the client, never forwarded: hop-by-hop headers (RFC 9110 7.6.1),
-# the ones we set ourselves (Host, Content-Length / Transfer-Encoding,
-# Authorization: the job's secret), Expect (we send the body at once, and a
-# `100 Continue` would only confuse the answer), and Accept-Encoding: answers
-# must stay uncompressed so that their `usage` can be read.
-DROPPED_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "authorization",
-        "expect",
-        "accept-encoding",
-    }
-)
+# Sent by the client, never forwarded (see wire_spec); we set Host, the
+# framing and Authorization (the job's secret) ourselves.
+DROPPED_HEADERS = spec.DROPPED_REQUEST_HEADERS
 
 REASONS = {
     100: "Continue",
@@ -140,7 +122,7 @@ def _field(value: bytes, allowed: frozenset[int], what: str, charset: str) -> st
 
 
 def _path(value: bytes) -> str:
-    path = _field(value, PATH_CHARS, "line 4 (request path)", "A-Z a-z 0-9 _ / . - + ? = &")
+    path = _field(value, PATH_CHARS, "line 4 (request path)", spec.PATH_CHARS_TEXT)
     if not path.startswith("/"):
         raise WireError(400, "line 4 (request path) must start with /")
     if ".." in path:
@@ -198,7 +180,7 @@ def parse_arguments(
                 raise WireError(400, f"unsupported method; use one of {', '.join(sorted(METHODS))}")
             expect_method = False
             continue
-        if word in (b"-H", b"-X", b"-d"):
+        if word in _ARG_WORDS:
             if current is not None:
                 headers.append(_header(current))
                 current = None
@@ -238,9 +220,9 @@ def parse_command(raw: bytes) -> ParsedRequest | str:
     lines = raw.split(b"\n")
     if len(lines) < 4:
         raise WireError(400, "a request needs at least 4 lines: inference id, user id, service id, path")
-    inference_id = _field(lines[0], ID_CHARS, "line 1 (inference id)", "A-Z a-z 0-9 . _ - +")
-    user_id = _field(lines[1], USER_CHARS, "line 2 (user id)", "A-Z a-z 0-9 . _ - + @")
-    service_id = _field(lines[2], ID_CHARS, "line 3 (service id)", "A-Z a-z 0-9 . _ - +")
+    inference_id = _field(lines[0], ID_CHARS, "line 1 (inference id)", spec.ID_CHARS_TEXT)
+    user_id = _field(lines[1], USER_CHARS, "line 2 (user id)", spec.USER_CHARS_TEXT)
+    service_id = _field(lines[2], ID_CHARS, "line 3 (service id)", spec.ID_CHARS_TEXT)
     path = _path(lines[3])
     joined = b"".join(lines[4:])
     method, raw_headers, body = parse_arguments(joined)

@@ -1,0 +1,106 @@
+"""The control words of the wire protocol (section 1): ``keep-alive`` (answer
+at once, then start a throttled tick, and the forwarder when it is on) and
+``status`` (the enabled services with their live state, as JSON)."""
+
+from __future__ import annotations
+
+import time
+
+from .. import rawdb
+from . import store
+from .forward import ClientGone, release_stdout, write_all
+from .log import Log
+from .spawn import spawn_tick
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+
+def keep_alive(settings: Settings, stdout: int, log: Log) -> int:
+    """``OK`` at once; then a throttled tick if the last one began long enough ago."""
+    try:
+        write_all(stdout, b"OK\n")
+    except ClientGone:
+        pass
+    release_stdout(stdout)
+    if settings.forwarder:
+        try:
+            from .forwarder_socket import ensure
+
+            ensure(settings, log)
+        except Exception as e:  # the forwarder is never required; a bug in it is logged in full
+            log.bug(f"keep-alive: forwarder: {type(e).__name__}: {e}", e)
+    try:
+        conn = rawdb.connect(
+            settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout
+        )
+        try:
+            last = store.last_tick_at(conn)
+        finally:
+            conn.close()
+    except (rawdb.DatabaseUnavailable, rawdb.Error) as e:
+        log(f"keep-alive: cannot read the last tick: {e}")
+        return 0
+    if last is None or time.time() - last >= settings.tick_interval:
+        spawn_tick(settings, True, log)
+    return 0
+
+
+def status_document(conn: rawdb.Connection) -> dict[str, object]:
+    """The `status` answer: enabled services with their live state."""
+    import json
+
+    services, counts = store.status_rows(conn)
+    per: dict[str, dict[str, int]] = {}
+    for row in counts:
+        per.setdefault(str(row["service_id"]), {})[str(row["state"])] = int(row["n"])
+    out: list[dict[str, object]] = []
+    for s in services:
+        c = per.get(str(s["id"]), {})
+        ready = c.get("ready", 0)
+        starting = c.get("pending", 0) + c.get("starting", 0) + c.get("submitting", 0)
+        lists = []
+        for text in (s["input"], s["output"]):
+            try:
+                value = json.loads(text)
+            except (TypeError, ValueError):
+                value = []
+            lists.append(value if isinstance(value, list) else [])
+        out.append(
+            {
+                "id": s["id"],
+                "name": s["name"],
+                "owned_by": s["owned_by"],
+                "input": lists[0],
+                "output": lists[1],
+                "state": "ready" if ready else ("starting" if starting else "offline"),
+                "ready": ready,
+                "starting": starting,
+                "draining": c.get("draining", 0),
+                "target": int(s["target"]),
+                "minimum_number_instances": int(s["minimum_number_instances"]),
+                "maximum_number_instances": int(s["maximum_number_instances"]),
+            }
+        )
+    return {"services": out}
+
+
+def status(settings: Settings, stdout: int, log: Log) -> int:
+    import json
+
+    try:
+        conn = rawdb.connect(
+            settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout
+        )
+        try:
+            doc = status_document(conn)
+        finally:
+            conn.close()
+    except (rawdb.DatabaseUnavailable, rawdb.Error) as e:
+        log(f"status: {e}")
+        doc = {"services": [], "error": "the state database is unavailable"}
+        write_all(stdout, (json.dumps(doc) + "\n").encode("utf-8"))
+        return 1
+    write_all(stdout, (json.dumps(doc) + "\n").encode("utf-8"))
+    return 0
