@@ -263,6 +263,27 @@ def test_the_tick_folds_one_day_per_tick(rows: Rows, engine: Any, settings: Any)
     )
     assert res.error is None
     assert "accounting ledger not folded: OperationalError: no such table: ledger_cursors" in res.summary
+    assert "Traceback" not in res.summary  # a database error is one line
+
+
+def test_a_bug_in_the_fold_leaves_its_traceback_in_the_tick_log(
+    rows: Rows, engine: Any, settings: Any, monkeypatch: Any
+) -> None:
+    from saia_ctl.accounting import ledger
+    from saia_ctl.scheduler.tick import run_tick
+    from saia_ctl.slurm_fake import FakeSlurm
+
+    def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("a bug in the fold")
+
+    monkeypatch.setattr(ledger, "fold_engine", broken)
+    now = MAY + 3 * DAY + L.MARGIN
+    res = run_tick(
+        engine, settings, FakeSlurm(lambda: now), clock=lambda: now, watch=False, prober=lambda *a: {}
+    )
+    assert res.error is None  # accounting never stops scheduling
+    assert "accounting ledger not folded: RuntimeError: a bug in the fold" in res.summary
+    assert "Traceback (most recent call last)" in res.summary and "in broken" in res.summary
 
 
 def test_a_bad_accounting_zone_is_one_line(home: Path, engine: Any, monkeypatch: Any) -> None:

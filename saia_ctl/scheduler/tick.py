@@ -90,12 +90,20 @@ def _fold_ledger(engine: Engine, settings: Settings, now: float) -> list[str]:
     Accounting never stops scheduling: a failure is a line in the tick log, and the
     next tick tries again.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from ..accounting.ledger import fold_engine
+    from ..errors import SaiaError
+    from ..rawdb import Error as SQLiteError
 
     try:
         result = fold_engine(engine, settings.accounting_tz, now, max_days=1)
     except Exception as e:
-        return [f"accounting ledger not folded: {e.__class__.__name__}: {e}"]
+        line = f"accounting ledger not folded: {e.__class__.__name__}: {e}"
+        if isinstance(e, SQLiteError | SQLAlchemyError | SaiaError | OSError):
+            return [line]  # the database or the disk: the next tick tries again
+        # A bug: the tick log keeps its traceback (`saia-ctl ticks show ID`).
+        return [line, *(f"  {t}" for t in traceback.format_exc().rstrip().splitlines())]
     return [f"accounting: folded {day} into the ledger" for day in result.days]
 
 
