@@ -2,7 +2,7 @@
 # A real single-node Slurm (munged + slurmctld + slurmd with 4 stand-in GPUs)
 # and a forced-command sshd on 127.0.0.1, all state under one directory, no
 # systemd. Derived from the setup verified on Debian 12 (slurm-wlm 22.05.8,
-# munge 0.5.15, OpenSSH 9.2p1); see docs in /work/shared/notes/real-infra.md.
+# munge 0.5.15, OpenSSH 9.2p1); the facts it relies on are in the comments below.
 #
 #   scripts/dev-cluster.sh up|down|status DIR      (all idempotent)
 #

@@ -109,7 +109,7 @@ def test_parse_lines_after_5_are_joined_without_separator() -> None:
     assert r.headers == [("a", "b"), ("c", "d")]
 
 
-def test_parse_as_routekit_builds_it() -> None:
+def test_parse_as_the_wire_kit_builds_it() -> None:
     raw = command(
         "abc", "u@x", "svc", "/v1/models?x=1&y=2", method="GET", headers={"accept": "application/json"}
     )
