@@ -93,6 +93,8 @@ def home(tmp_path: Path, template_db: Path) -> Iterator[Path]:
             os.environ["SAIA_HOME"] = old
         if slurm_conf and os.path.exists(slurm_conf):
             _wait_for_ticks_of(h)
+            # A test may have broken saia.conf on purpose: the clean-up uses the home's own.
+            (h / "saia.conf").write_text("\n".join(lines) + "\n")
             _cancel_jobs_of(h)
 
 
