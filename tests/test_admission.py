@@ -213,3 +213,40 @@ def test_windows_are_calendar_days_and_months_in_the_zone() -> None:
     assert key == "2025-12" and end == 1767225600.0
     key, start, end = admission.window_of("minute", now + 59.5, "UTC")
     assert (start, end) == (now, now + 60)
+
+
+def test_usage_endpoint_equals_the_report_and_counts_nothing(world, engine) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from saia_ctl.cli.main import app
+
+    home, b = world
+    limit(engine, "user", "alice", requests_minute=2, tokens_month=1000)
+    assert [ask(home)[0] for _ in range(3)] == [200, 200, 429]
+    assert ask(home, user="bob")[0] == 200
+    before = rows(home / "saia.db")
+    served = len(b.received)
+    cmd = command("usage-1", "alice", "anything", "/v1/usage", method="GET", body=None)
+    status, _headers, body = parse_http(run_inproc(cmd, home))
+    assert status == 200, body
+    doc = json.loads(body)
+    assert rows(home / "saia.db") == before and len(b.received) == served  # no row, no backend
+    result = CliRunner().invoke(
+        app, ["report", "--month", doc["month"], "--user", "alice", "-f", "json", "--no-files"]
+    )
+    report = json.loads(result.stdout)
+    totals = report["totals"]
+    for key in ("requests", "input_tokens", "output_tokens", "gpu_hours"):
+        assert doc[key] == totals[key], key
+    assert doc["requests"] == 3  # the refused request is recorded and reported
+    assert doc["tokens"] == 16
+    by_kind = {r["limit"]: r for r in doc["limits"]}
+    assert by_kind["requests_minute"]["remaining"] == 0 and by_kind["requests_minute"]["used"] == 2
+    assert by_kind["tokens_month"]["used"] == 16 and by_kind["tokens_month"]["remaining"] == 984
+    # asking twice changes nothing: still no refusal for asking
+    again = json.loads(parse_http(run_inproc(cmd, home))[2])
+    assert again["limits"] == doc["limits"]
+    cli_doc = json.loads(CliRunner().invoke(app, ["usage", "--user", "alice", "-f", "json"]).stdout)
+    assert {k: v for k, v in cli_doc.items() if k != "limits"} == {
+        k: v for k, v in doc.items() if k != "limits"
+    }

@@ -217,6 +217,39 @@ def list_limits_(fmt: common.FormatOption = common.Format.table) -> None:
     common.echo(common.render(rows, fmt, ("scope", "subject", "service", "limit", "value")))
 
 
+@common.command
+def usage(
+    user: Annotated[str | None, typer.Option("--user", help="This user's month so far.")] = None,
+    project: Annotated[str | None, typer.Option("--project", help="This project's month so far.")] = None,
+    fmt: common.FormatOption = common.Format.table,
+) -> None:
+    """A user's or a project's month so far (requests, tokens, GPU-hours) and its limits:
+    what the user sees at GET /v1/usage."""
+    import json
+
+    from ..usage import usage_of_project, usage_of_user
+
+    if (user is None) == (project is None):
+        common.fail("say whose usage: --user U or --project P")
+    settings = common.settings()
+    eng = common.engine()
+    tz = settings.accounting_tz
+    if user is not None:
+        doc = usage_of_user(eng, settings, user, tz)
+    else:
+        assert project is not None
+        doc = usage_of_project(eng, settings, project, tz)
+    if fmt is common.Format.json:
+        common.echo(json.dumps(doc, indent=2))
+        return
+    head = {k: v for k, v in doc.items() if k not in ("limits", "users", "object")}
+    common.echo(common.render([head], fmt))
+    if fmt is common.Format.table and doc["limits"]:
+        common.echo("")
+        common.echo(common.render(doc["limits"], fmt))
+
+
 def register(app: typer.Typer) -> None:
+    app.command("usage")(usage)
     app.add_typer(projects, name="projects")
     app.add_typer(limits, name="limits")

@@ -55,6 +55,12 @@ SELECT scope, subject, service_id, kind, value FROM limits
    AND ((scope = 'user' AND subject = :user_id) OR (scope = 'project' AND subject = :project)
         OR scope = 'default')
 """
+# Every limit of a user whatever the service (the usage view).
+ALL_LIMITS_SQL = """
+SELECT scope, subject, service_id, kind, value FROM limits
+ WHERE (scope = 'user' AND subject = :user_id) OR (scope = 'project' AND subject = :project)
+        OR scope = 'default'
+"""
 COUNTER_SQL = (
     "SELECT window, value FROM limit_counters WHERE subject = :subject AND service_id = :service_id "
     "AND kind = :kind"
@@ -273,12 +279,14 @@ def _valid(value: object) -> bool:
 
 
 def evaluate(
-    conn: rawdb.Connection, user_id: str, service_id: str, now: float, tz: str
+    conn: rawdb.Connection, user_id: str, service_id: str | None, now: float, tz: str
 ) -> tuple[Decision, list[tuple[str, str]]]:
-    """Every applicable limit with what its subject used (no writes); and the members."""
+    """Every limit that applies to a request of the user on the service (None: on any
+    service) with what its subject used (no writes); and the project members."""
     members = read_members(conn)
     project = project_in(members, user_id)
-    rows = list(conn.execute(LIMITS_SQL, {"service_id": service_id, "user_id": user_id, "project": project}))
+    params = {"service_id": service_id, "user_id": user_id, "project": project}
+    rows = list(conn.execute(LIMITS_SQL if service_id is not None else ALL_LIMITS_SQL, params))
     d = Decision()
     d.applied = applicable(rows, user_id, project)
     for a in d.applied:

@@ -398,8 +398,36 @@ def _admit(
     return data
 
 
+USAGE_PATH = "/v1/usage"
+
+
+def answer_usage(req: wire.ParsedRequest, settings: Settings, stdout: int, log: Log) -> int:
+    """``GET /v1/usage``: the caller's month so far and their limits (``saia_ctl.usage``),
+    answered here for any service id: no backend, no row, nothing counted against a limit."""
+    import json
+
+    try:
+        from ..db import engine_for
+        from ..usage import usage_of_user
+
+        doc = usage_of_user(engine_for(settings), settings, req.user_id, settings.accounting_tz)
+    except Exception as e:  # the database or the zone: one line for the client, the rest in the log
+        log.bug(f"usage of {req.user_id}: {type(e).__name__}: {e}", e)
+        write_all(stdout, wire.error_response(503, "usage is unavailable; try again later"))
+        return 1
+    body = json.dumps(doc).encode("utf-8")
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    write_all(stdout, head.encode("ascii") + body)
+    return 0
+
+
 def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdout: int, log: Log) -> int:
     global _closing
+    if req.method == "GET" and req.path.partition("?")[0] == USAGE_PATH:
+        return answer_usage(req, settings, stdout, log)
     rq = Request()
     try:
         conn = rawdb.connect(
