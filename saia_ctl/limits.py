@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from . import wire_spec
 from .errors import SaiaError
 from .models import LIMIT_KINDS, LIMIT_SCOPES, Limit, LimitCounter, Project, ProjectMember, Service
+from .request_path import admission
 from .request_path.admission import DEFAULT_PROJECT, is_pattern
 
 PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -48,7 +49,9 @@ def check_member(member: str) -> str:
 
 
 def _clear_counters(s: Session) -> None:
-    s.execute(delete(LimitCounter))
+    """Forget the counters (rebuilt from the rows when next needed); the GPU-hours figures
+    are rewritten by ``refresh_gpu_figures``, which the commands call after a change."""
+    s.execute(delete(LimitCounter).where(LimitCounter.kind != GPU_KIND))
 
 
 def _project(s: Session, name: str) -> Project:
@@ -221,3 +224,62 @@ def list_limits(s: Session, scope: str | None = None, subject: str | None = None
         }
         for r in s.scalars(q)
     ]
+
+
+GPU_KIND = "gpu_hours_month"
+# A counter row under this subject says when the GPU-hours figures of its month were written:
+# with it, a user without a figure row used none; without it, admission cannot decide (503).
+GPU_MARK = admission.GPU_MARK
+
+
+def has_gpu_limits(s: Session) -> bool:
+    return s.scalars(select(Limit.kind).where(Limit.kind == GPU_KIND).limit(1)).first() is not None
+
+
+def gpu_figures(s: Session, tz: str, now: float) -> tuple[str, dict[tuple[str, str], float]]:
+    """(month, {(subject, service or ''): attributed GPU-hours}) for every subject a GPU-hours
+    limit names: the report's figures (ledger plus the rows not folded yet). Reads only."""
+    from .accounting.months import month_of, month_window
+    from .accounting.report import IDLE, month_figures, split_gpu
+    from .request_path.admission import project_in
+
+    month = month_of(now, tz)
+    limits = list(s.scalars(select(Limit).where(Limit.kind == GPU_KIND)))
+    if not limits:
+        return month, {}
+    figs = month_figures(s, month_window(month, tz), now, None, None)
+    _totals, shares = split_gpu(figs)
+    members = [(m.project, m.member) for m in s.scalars(select(ProjectMember))]
+    milli: dict[tuple[str, str], int] = {}  # (subject, service or '') -> milli-GPU-hours
+    for service, split in shares.items():
+        for user, value in split.items():
+            if user == IDLE or not value:
+                continue
+            for subject in (f"user:{user}", f"project:{project_in(members, user)}"):
+                for svc in ("", service):
+                    milli[(subject, svc)] = milli.get((subject, svc), 0) + value
+    wanted: set[tuple[str, str]] = set()
+    for lim in limits:
+        if lim.scope == "default":
+            wanted |= {k for k in milli if k[0].startswith("user:") and k[1] == lim.service_id}
+        else:
+            wanted.add((f"{lim.scope}:{lim.subject}", lim.service_id))
+    return month, {k: milli.get(k, 0) / 1000 for k in sorted(wanted)}
+
+
+def write_gpu_figures(s: Session, month: str, figures: dict[tuple[str, str], float], now: float) -> None:
+    """Replace the GPU-hours counters by ``figures`` and mark the month as written."""
+    s.execute(delete(LimitCounter).where(LimitCounter.kind == GPU_KIND))
+    if not figures and not has_gpu_limits(s):
+        return
+    for (subject, svc), hours in figures.items():
+        s.add(LimitCounter(subject=subject, service_id=svc, kind=GPU_KIND, window=month, value=hours))
+    s.add(LimitCounter(subject=GPU_MARK, service_id="", kind=GPU_KIND, window=month, value=now))
+
+
+def refresh_gpu_figures(s: Session, tz: str, now: float) -> int:
+    """``gpu_figures`` then ``write_gpu_figures`` in one transaction (the CLI's, after a change);
+    the number of figures written."""
+    month, figures = gpu_figures(s, tz, now)
+    write_gpu_figures(s, month, figures, now)
+    return len(figures)

@@ -57,3 +57,45 @@ def test_project_sums_equal_their_users_and_billing_rows_sum_to_projects(rows: R
 def test_billing_option_needs_by_project(rows: Rows) -> None:
     out = cli("report", "--month", "2026-05", "--billing")
     assert out.exit_code == 1 and out.stderr.strip() == "Error: --billing goes with --by project"
+
+
+def test_gpu_hours_limit_is_checked_against_the_reports_figure(
+    rows: Rows, engine: Any, settings: Any
+) -> None:
+    from saia_ctl import rawdb
+    from saia_ctl.accounting.report import monthly_report
+    from saia_ctl.limits import refresh_gpu_figures, set_limits
+    from saia_ctl.request_path import admission
+    from tests.support.accounting import JUNE
+
+    random_month(rows, 3)
+    now = JUNE - 60  # the end of May: the figures are May's
+    report = monthly_report(engine, "2026-05", tz="UTC", now=now, by="user")
+    gpu = {u["user"]: u["gpu_hours"] for u in report.data["users"]}
+    heavy = max(gpu, key=lambda u: gpu[u])
+    assert gpu[heavy] > 0
+    with write_session(engine) as s:
+        add_project(s, "team", None, [heavy, "newcomer"])
+        set_limits(s, "user", heavy, None, {"gpu_hours_month": str(gpu[heavy])})
+        set_limits(s, "project", "team", None, {"gpu_hours_month": str(gpu[heavy] + 1)})
+        assert refresh_gpu_figures(s, "UTC", now) == 2
+    conn = rawdb.connect(settings.db_path, journal_mode=settings.journal_mode, busy_timeout=5)
+    try:
+        with rawdb.immediate(conn):
+            d = admission.admit(conn, heavy, "svc-a", now, "UTC")
+            assert d.refused is not None and d.refused.kind == "gpu_hours_month" and d.status == 429
+            assert d.refused.used == gpu[heavy]
+            # a member with no GPU time: the project's figure (the heavy user's) is below its limit
+            assert admission.admit(conn, "newcomer", "svc-a", now, "UTC").refused is None
+    finally:
+        conn.close()
+    with write_session(engine) as s:
+        set_limits(s, "project", "team", None, {"gpu_hours_month": str(gpu[heavy] - 0.001)})
+        refresh_gpu_figures(s, "UTC", now)
+    conn = rawdb.connect(settings.db_path, journal_mode=settings.journal_mode, busy_timeout=5)
+    try:
+        with rawdb.immediate(conn):
+            refused = admission.admit(conn, "newcomer", "svc-a", now, "UTC").refused
+            assert refused is not None and refused.subject == "project:team"
+    finally:
+        conn.close()

@@ -42,6 +42,7 @@ def add(
 
     with write_session(common.engine()) as s:
         add_project(s, name, account, member or [])
+    _refresh()
     common.echo(f"project {name} added")
 
 
@@ -57,6 +58,7 @@ def set_account(
 
     with write_session(common.engine()) as s:
         set_(s, name, account)
+    _refresh()
     common.echo(f"project {name}: account {account or '(none)'}")
 
 
@@ -72,6 +74,7 @@ def add_members(
 
     with write_session(common.engine()) as s:
         add_(s, name, members)
+    _refresh()
     common.echo(f"project {name}: {len(members)} added")
 
 
@@ -87,6 +90,7 @@ def remove_members(
 
     with write_session(common.engine()) as s:
         remove_(s, name, members)
+    _refresh()
     common.echo(f"project {name}: {len(members)} removed")
 
 
@@ -99,6 +103,7 @@ def remove(name: Annotated[str, typer.Argument(help="Project name.")]) -> None:
 
     with write_session(common.engine()) as s:
         remove_project(s, name)
+    _refresh()
     common.echo(f"project {name} removed")
 
 
@@ -137,6 +142,25 @@ def show(
     if fmt is common.Format.table:
         common.echo("")
         common.echo(common.render(row["limits"], fmt))
+
+
+def _refresh() -> int:
+    """Rewrite the GPU-hours figures the limits need (after any change of limits or projects)."""
+    import time
+
+    from ..db import write_session
+    from ..limits import refresh_gpu_figures
+
+    with write_session(common.engine()) as s:
+        return refresh_gpu_figures(s, common.settings().accounting_tz, time.time())
+
+
+@limits.command("refresh")
+@common.command
+def refresh() -> None:
+    """Write the month's attributed GPU-hours of every subject with a GPU-hours limit now
+    (the tick does it on every run)."""
+    common.echo(f"{_refresh()} GPU-hours figure(s) written")
 
 
 def _scope(user: str | None, project: str | None, default: bool) -> tuple[str, str | None]:
@@ -183,6 +207,7 @@ def set_(
     pairs = _pairs(values)
     with write_session(common.engine()) as s:
         set_limits(s, scope, subject, service, pairs)
+    _refresh()
     common.echo(f"{len(pairs)} limit(s) set")
 
 
@@ -202,6 +227,7 @@ def remove_(
     scope, subject = _scope(user, project, default)
     with write_session(common.engine()) as s:
         n = remove_limits(s, scope, subject, service, kinds or [])
+    _refresh()
     common.echo(f"{n} limit(s) removed")
 
 

@@ -22,8 +22,11 @@ Semantics (docs/accounting.md, "Limits and projects"):
   reached the budget, so a burst of n requests in flight can overrun it by what
   those n requests use.
 - A missing or unreadable counter row is rebuilt from the request rows of its
-  window (never taken as 0); a missing GPU-hours figure refuses with 503 until
-  ``saia-ctl limits refresh`` (or the tick) writes it.
+  window (never taken as 0). GPU-hours cannot be rebuilt here (they come from
+  the ledger): the tick, and every ``saia-ctl limits``/``projects`` change,
+  write each subject's figure (``saia_ctl.limits.refresh_gpu_figures``) and a
+  mark row; a missing figure with the month's mark is 0, without it the
+  request is refused with 503 (never admitted unchecked).
 - Refused requests are recorded with status 429 and an error naming the
   limit (``REFUSED_PREFIX``) and consume nothing: counters change only for
   admitted requests.
@@ -43,6 +46,7 @@ REQUEST_KINDS = ("requests_minute", "requests_hour", "requests_day", "requests_m
 TOKEN_KINDS = ("tokens_day", "tokens_month")
 KINDS = (*REQUEST_KINDS, "concurrent", *TOKEN_KINDS, "gpu_hours_month")
 DEFAULT_PROJECT = "default"
+GPU_MARK = "*"  # subject of the row saying the GPU-hours figures of its month were written
 # The error text of a refused request starts with this (reports and rebuilds find them by it).
 REFUSED_PREFIX = "refused by limit "
 NOT_REFUSED = "coalesce(error, '') NOT LIKE 'refused by limit %'"
@@ -301,7 +305,11 @@ def evaluate(
             a.counter = True
             a.used = float(row["value"]) if row["window"] == a.window else 0.0
         elif a.kind == "gpu_hours_month":
-            a.used = float("nan")  # unknown until refreshed: see the module docstring
+            # no figure: none used if the figures of this month were written, else unknown
+            mark = conn.execute(
+                COUNTER_SQL, {"subject": GPU_MARK, "service_id": "", "kind": a.kind}
+            ).fetchone()
+            a.used = 0.0 if mark is not None and mark["window"] == a.window else float("nan")
         else:
             a.used = rebuild(conn, a, start, members)
     return d, members

@@ -96,7 +96,25 @@ def _fold_ledger(engine: Engine, settings: Settings, now: float) -> list[str]:
         result = fold_engine(engine, settings.accounting_tz, now, max_days=1)
     except Exception as e:
         return [f"accounting ledger not folded: {e.__class__.__name__}: {e}"]
-    return [f"accounting: folded {day} into the ledger" for day in result.days]
+    lines = [f"accounting: folded {day} into the ledger" for day in result.days]
+    return lines + _refresh_gpu_figures(engine, settings, now)
+
+
+def _refresh_gpu_figures(engine: Engine, settings: Settings, now: float) -> list[str]:
+    """The GPU-hours figures that GPU-hours limits are checked against (saia_ctl.limits)."""
+    from ..db import read_session, write_session
+    from ..limits import gpu_figures, has_gpu_limits, write_gpu_figures
+
+    try:
+        with read_session(engine) as s:  # the month's figures without the write lock
+            if not has_gpu_limits(s):
+                return []
+            month, figures = gpu_figures(s, settings.accounting_tz, now)
+        with write_session(engine) as s:
+            write_gpu_figures(s, month, figures, now)
+    except Exception as e:
+        return [f"GPU-hours figures of the limits not refreshed: {e.__class__.__name__}: {e}"]
+    return []
 
 
 def run_tick(
