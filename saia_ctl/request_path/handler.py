@@ -407,6 +407,12 @@ def answer_usage(req: wire.ParsedRequest, settings: Settings, stdout: int, log: 
     import json
 
     try:
+        import sys
+
+        if sys.flags.no_site:  # cloud_interface.sh runs `python -S`: the report needs site-packages
+            import site
+
+            site.main()
         from ..db import engine_for
         from ..usage import usage_of_user
 
