@@ -165,6 +165,13 @@ def test_missing_gpu_figure_refuses_with_503_not_a_traceback(world, engine) -> N
     assert status == 503 and "GPU-hours" in json.loads(body)["error"]["message"]
     assert header(headers, "Retry-After") == "60"
     assert not b.received
+    # not admitted, so not counted: a request limit rebuilt from the rows skips it
+    [row] = rows(home / "saia.db")
+    assert row["status"] == 503 and row["error"].startswith(admission.REFUSED_PREFIX)
+    limit(engine, "user", "bob", requests_day=1)
+    with closing(sqlite3.connect(home / "saia.db")) as c, c:
+        c.execute("UPDATE requests SET user_id = 'bob'")
+    assert ask(home, user="bob")[0] == 200
 
 
 def test_concurrent_limit_counts_rows_in_flight(world, engine) -> None:  # type: ignore[no-untyped-def]

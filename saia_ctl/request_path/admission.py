@@ -221,7 +221,10 @@ class Decision:
         if self.refused is None:
             return ""
         if self.status == 503:
-            return f"the GPU-hours figure for {self.refused.describe()} is not computed yet; try again later"
+            return (
+                f"{REFUSED_PREFIX}{self.refused.describe()}: the month's GPU-hours figure is not "
+                "computed yet; try again later"
+            )
         return f"{REFUSED_PREFIX}{self.refused.describe()}: used {_num(self.refused.used)}"
 
     def token_counters(self) -> list[Applied]:
