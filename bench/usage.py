@@ -1,6 +1,6 @@
 """Bench: ``GET /v1/usage`` (the caller's month so far, docs/accounting.md) on a big month.
 
-Generates the current month's traffic with ``bench/report.py``'s generator
+Generates the current month's traffic (up to now) with ``bench/report.py``'s generator
 (default 1,000,000 requests, 10,000 users, 20 services), folds the closed days
 into the ledger as the tick does, sets a few limits, then times ``GET /v1/usage``
 for random users through ``cloud_interface.sh`` as sshd runs it (process start to
@@ -55,6 +55,10 @@ def main() -> None:
         now = time.time()
         t = time.gmtime(now)
         generate(home / "saia.db", [(t.tm_year, t.tm_mon)], args.per_month, args.users, args.services, 1)
+        with sqlite3.connect(home / "saia.db") as conn:  # the month so far: nothing after now
+            conn.execute("DELETE FROM requests WHERE started_at > ?", (now,))
+            conn.execute("UPDATE jobs SET ended_at = NULL, state = 'ready' WHERE ended_at > ?", (now,))
+            so_far = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
         settings = Settings(home=str(home), environ={})
         engine = engine_for(settings)
         ledger.fold_engine(engine, "UTC", now)
@@ -77,7 +81,8 @@ def main() -> None:
             wall.append(time.perf_counter() - t0)
             if not r.stdout.startswith(b"HTTP/1.1 200"):
                 raise SystemExit(f"bad usage answer: {r.stdout[:300]!r}")
-        print(f"{args.per_month:,} requests this month, {args.users:,} users, cores: {os.cpu_count()}")
+        print(f"{so_far:,} requests so far this month (of {args.per_month:,} generated for all of it), "
+              f"{args.users:,} users, cores: {os.cpu_count()}")  # fmt: skip
         print(
             f"usage_of_user in process: median {statistics.median(lib) * 1000:.0f} ms, p95 {p95(lib) * 1000:.0f} ms"
         )
