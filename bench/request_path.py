@@ -147,6 +147,7 @@ def main() -> None:
     plain_tmp = tempfile.mkdtemp(prefix="sb", dir="/tmp")
     fwd_tmp = tempfile.mkdtemp(prefix="sf", dir="/tmp")
     fwd_proc = None
+    cleanup: list[Path] = []
     backend = BackendProcess()
     try:
         setup(home)
@@ -182,6 +183,7 @@ def main() -> None:
         variants = {"cloud_interface": base_env}
         if args.limits:
             lim_home = Path(tempfile.mkdtemp(prefix="saia-bench-limits-"))
+            cleanup.append(lim_home)
             setup(lim_home)
             add_job(lim_home / "saia.db", "bench", backend.port, backend.secret)
             set_limits(lim_home)
@@ -364,6 +366,8 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(plain_tmp, ignore_errors=True)
         shutil.rmtree(fwd_tmp, ignore_errors=True)
+        for extra in cleanup:
+            shutil.rmtree(extra, ignore_errors=True)
 
 
 if __name__ == "__main__":
