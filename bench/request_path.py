@@ -14,7 +14,14 @@ reached by ``saia_ctl/request_path/client.pl``). Its per-process CPU covers bash
 perl only; the forked child that serves the request runs in the forwarder, so
 compare the machine-wide figure, which includes it.
 
-    .venv/bin/python bench/request_path.py [--requests 100] [--runs 3] [--stream] [--forwarder]
+With ``--limits`` a variant ``limits``: ``cloud_interface.sh`` on a second state
+directory where the bench user has limits of every request kind, a concurrency
+limit and a token budget (all far from reached), a project pattern and a
+default limit: admission decides and writes its counters in the recording
+transaction. The figure to read is its median minus ``cloud_interface``'s
+(limits on vs off, same run; goal: at most 1 ms).
+
+    .venv/bin/python bench/request_path.py [--requests 100] [--runs 3] [--stream] [--forwarder] [--limits]
 """
 
 from __future__ import annotations
@@ -84,6 +91,26 @@ def setup(home: Path) -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "saia_ctl")], check=True)
 
 
+def set_limits(home: Path) -> None:
+    """Limits for the bench user that are never reached: every kind admission counts."""
+    import sqlite3
+
+    with sqlite3.connect(home / "saia.db") as conn:
+        conn.execute("INSERT INTO projects (name, slurm_account, created_at) VALUES ('bench', NULL, 0)")
+        conn.execute("INSERT INTO project_members (project, member) VALUES ('bench', '*@x')")
+        values = {
+            "requests_minute": 10**6, "requests_hour": 10**7, "requests_day": 10**8,
+            "requests_month": 10**9, "concurrent": 1000, "tokens_day": 10**12,
+        }  # fmt: skip
+        for kind, value in values.items():
+            conn.execute(
+                "INSERT INTO limits (scope, subject, service_id, kind, value) VALUES ('user', 'bench@x', '', ?, ?)",
+                (kind, value),
+            )
+        conn.execute("INSERT INTO limits VALUES ('project', 'bench', '', 'requests_day', 1e9)")
+        conn.execute("INSERT INTO limits VALUES ('default', '', 'bench', 'requests_minute', 1e6)")
+
+
 def run_batch(argvs: list[tuple[list[str], dict[str, str]]]) -> tuple[list[float], float, float]:
     walls = []
     c0, b0 = children_cpu(), busy_seconds()
@@ -108,6 +135,7 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="a streaming chat completion instead")
     ap.add_argument("--batch", type=int, default=10, help="requests of one variant in a row")
     ap.add_argument("--forwarder", action="store_true", help="also the forwarder variant (SAIA_FORWARDER=on)")
+    ap.add_argument("--limits", action="store_true", help="also the limits variant (admission deciding)")
     ap.add_argument("--json", action="store_true", help="print the figures as a JSON line last (bench/run)")
     args = ap.parse_args()
     curl = shutil.which("curl")
@@ -119,6 +147,7 @@ def main() -> None:
     plain_tmp = tempfile.mkdtemp(prefix="sb", dir="/tmp")
     fwd_tmp = tempfile.mkdtemp(prefix="sf", dir="/tmp")
     fwd_proc = None
+    cleanup: list[Path] = []
     backend = BackendProcess()
     try:
         setup(home)
@@ -152,6 +181,13 @@ def main() -> None:
         base_env["SAIA_HOME"] = str(home)
         base_env["TMPDIR"] = plain_tmp
         variants = {"cloud_interface": base_env}
+        if args.limits:
+            lim_home = Path(tempfile.mkdtemp(prefix="saia-bench-limits-"))
+            cleanup.append(lim_home)
+            setup(lim_home)
+            add_job(lim_home / "saia.db", "bench", backend.port, backend.secret)
+            set_limits(lim_home)
+            variants["limits"] = dict(base_env, SAIA_HOME=str(lim_home))
         if args.forwarder:
             variants["forwarder"] = dict(base_env, TMPDIR=fwd_tmp)
         # warm-up (bytecode, page cache)
@@ -169,6 +205,7 @@ def main() -> None:
         )
         summary = []
         fwd_summary: list[tuple[float, float, float, float, float]] = []
+        lim_summary: list[tuple[float, float]] = []
         seq = 0
         for run in range(1, args.runs + 1):
             walls: dict[str, list[float]] = {"curl": [], **{v: [] for v in variants}}
@@ -202,6 +239,11 @@ def main() -> None:
             overhead = figures["cloud_interface"][0] - figures["curl"][0]
             extra_cpu = figures["cloud_interface"][3] - figures["curl"][3]
             print(f"{run:>3} {'overhead':<18} {overhead:9.1f} {'':>7} {'':>10} {extra_cpu:18.1f}")
+            if "limits" in figures:
+                lim_over = figures["limits"][0] - figures["cloud_interface"][0]
+                lim_cpu = figures["limits"][2] - figures["cloud_interface"][2]
+                print(f"{run:>3} {'limits - none':<18} {lim_over:9.1f} {'':>7} {lim_cpu:10.1f}")
+                lim_summary.append((lim_over, lim_cpu))
             if "forwarder" in figures:
                 f_over = figures["forwarder"][0] - figures["curl"][0]
                 f_p95 = figures["forwarder"][1] - figures["curl"][1]
@@ -224,6 +266,11 @@ def main() -> None:
             f"(machine-wide {statistics.median(s[2] for s in summary):.1f} ms/request incl. the backend); "
             f"goal: overhead < 15 ms, CPU < 40 ms"
         )
+        if lim_summary:
+            print(
+                f"median over runs: limits on vs off {statistics.median(s[0] for s in lim_summary):+.2f} ms "
+                f"wall, {statistics.median(s[1] for s in lim_summary):+.2f} ms CPU per request (goal: <= 1 ms)"
+            )
         if fwd_summary:
             print(
                 f"median over runs: forwarder overhead {statistics.median(s[0] for s in fwd_summary):.1f} ms "
@@ -319,6 +366,8 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(plain_tmp, ignore_errors=True)
         shutil.rmtree(fwd_tmp, ignore_errors=True)
+        for extra in cleanup:
+            shutil.rmtree(extra, ignore_errors=True)
 
 
 if __name__ == "__main__":

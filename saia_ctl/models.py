@@ -426,3 +426,72 @@ class LedgerJob(Base):
 # scan's own text (SQLite uses a partial index only for a WHERE that contains its condition).
 # Migration 0002 keeps its own literal.
 Index("ix_requests_long", Request.started_at, sqlite_where=text(LONG_OR_OPEN))
+
+
+# Projects, limits and their counters (issue 13; docs/accounting.md, "Limits and projects").
+# The request path (request_path/admission.py) reads and writes them with plain SQL.
+
+LIMIT_SCOPES = ("user", "project", "default")
+LIMIT_KINDS = (
+    "requests_minute",
+    "requests_hour",
+    "requests_day",
+    "requests_month",
+    "concurrent",
+    "tokens_day",
+    "tokens_month",
+    "gpu_hours_month",
+)
+
+
+class Project(Base):
+    """A group of users for limits and billing, optionally charged to a Slurm account."""
+
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slurm_account: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class ProjectMember(Base):
+    """A member of a project: an exact user id, or an fnmatch pattern (``*@uni-x.de``)."""
+
+    __tablename__ = "project_members"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name", ondelete="CASCADE"), primary_key=True)
+    member: Mapped[str] = mapped_column(String(256), primary_key=True)
+
+
+class Limit(Base):
+    """One limit: of a user, of a project (all its members together) or the default of each user;
+    ``service_id`` '' means every service together."""
+
+    __tablename__ = "limits"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(256), primary_key=True)  # '' for the defaults
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)  # '' for all services
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        CheckConstraint(f"scope IN ({', '.join(repr(s) for s in LIMIT_SCOPES)})", name="scope"),
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in LIMIT_KINDS)})", name="kind"),
+        CheckConstraint("value >= 0", name="value"),
+        {"sqlite_with_rowid": False},
+    )
+
+
+class LimitCounter(Base):
+    """What a subject ('user:ID' or 'project:NAME') used in the current window of one limit."""
+
+    __tablename__ = "limit_counters"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    subject: Mapped[str] = mapped_column(String(300), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)  # '' for all services
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    window: Mapped[str] = mapped_column(String(16))  # the window's key (see admission.window_key)
+    value: Mapped[float] = mapped_column(Float)

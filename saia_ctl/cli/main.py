@@ -13,6 +13,7 @@ from . import (
     doctor_cmd,
     init_cmd,
     jobs_cmd,
+    limits_cmd,
     metrics_cmd,
     proxy_cmd,
     report_cmd,
@@ -50,7 +51,7 @@ app.command("init")(init_cmd.init)
 app.add_typer(services_cmd.app, name="services")
 
 # The scheduler, accounting and proxy command groups.
-for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd, ssh_cmd):
+for _module in (tick_cmd, jobs_cmd, report_cmd, requests_cmd, metrics_cmd, proxy_cmd, ssh_cmd, limits_cmd):
     _module.register(app)
 doctor_cmd.register(app)
 

@@ -37,6 +37,9 @@ log = logging.getLogger("saia_ctl.proxy")
 _CHUNK = 64 * 1024
 _MAX_HEAD = 64 * 1024
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,256})\r\n')
+# GET /v1/usage needs no model: the login node answers it (docs/wire-protocol.md); any service id does.
+USAGE_PATH = "/v1/usage"
+USAGE_SERVICE = "usage"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -212,6 +215,8 @@ class Proxy:
                 elif service is None and ctype == "multipart/form-data":
                     m = _MULTIPART_MODEL.search(body)
                     service = m.group(1).decode("latin-1").strip() if m else None
+        if not service and request.method == "GET" and request.path == USAGE_PATH:
+            service = USAGE_SERVICE  # the caller's own usage: answered by the login node, no model
         if not service:
             raise _Refused(
                 400,

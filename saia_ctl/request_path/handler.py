@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..settings import Settings
+    from . import admission
 
 _signal = __import__("_signal")  # `signal` imports enum (~4 ms); the C module is enough
 
@@ -140,6 +141,7 @@ class Request:
         self.delivery = Delivery()
         self.outcome = "error"
         self.error: str | None = None
+        self.admission: admission.Decision | None = None  # None: no limit configured
 
 
 def _answer_error(
@@ -309,7 +311,12 @@ def _deliver(
     rq.first_byte_at = first_byte_at
     rq.status = answer.status
     rq.head_sent = True
-    write_all(stdout, answer.head)
+    if rq.admission is not None and rq.admission.headers:
+        from .admission import with_headers
+
+        write_all(stdout, with_headers(answer.head, rq.admission.headers))
+    else:
+        write_all(stdout, answer.head)
     no_body = req.method == "HEAD" or answer.status in (204, 304)
     stream_body(sock, answer, stdout, poller, timeout, no_body, rq.delivery)
     if not rq.delivery.complete:
@@ -319,8 +326,114 @@ def _deliver(
         rq.outcome = "ok" if answer.status < 400 else "error"
 
 
+def _record_start(
+    conn: rawdb.Connection, req: wire.ParsedRequest, rq: Request, now: float
+) -> tuple[list[rawdb.Row], str, float | None]:
+    """Pick the candidate jobs and insert the request row (and the demand if no job is ready)."""
+    jobs = _choose(store.ready_jobs(conn, req.service_id))
+    rq.job_id = jobs[0]["id"] if jobs else None
+    rq.row, recorded = store.record_start(
+        conn,
+        inference_id=req.inference_id,
+        user_id=req.user_id,
+        service_id=req.service_id,
+        job_id=rq.job_id,
+        method=req.method,
+        path=req.path,
+        started_at=now,
+        handler_host=_socket.gethostname(),
+        handler_pid=os.getpid(),
+        bytes_in=rq.bytes_in,
+    )
+    previous_demand = store.record_demand(conn, req.service_id, now) if not jobs else None
+    return jobs, recorded, previous_demand
+
+
+def _admit(
+    conn: rawdb.Connection, settings: Settings, req: wire.ParsedRequest, rq: Request, now: float
+) -> bytes | None:
+    """Decide on the request's limits (``admission.py``); a refused request is recorded
+    here (status 429, or 503 if a figure is missing; nothing consumed) and its answer returned."""
+    from . import admission
+
+    d = admission.admit(conn, req.user_id, req.service_id, now, settings.raw("SAIA_ACCOUNTING_TZ"))
+    rq.admission = d
+    if d.refused is None:
+        return None
+    message = d.message()
+    extra: dict[str, object] = {
+        "limit": d.refused.kind,
+        "subject": d.refused.subject,
+        "retry_after": d.retry_after,
+    }
+    if d.refused.service_id:
+        extra["service"] = d.refused.service_id
+    data = wire.error_response(d.status, message, tuple(d.headers), extra)
+    rq.status, rq.error = d.status, message
+    row, _recorded = store.record_start(
+        conn,
+        inference_id=req.inference_id,
+        user_id=req.user_id,
+        service_id=req.service_id,
+        job_id=None,
+        method=req.method,
+        path=req.path,
+        started_at=now,
+        handler_host=_socket.gethostname(),
+        handler_pid=os.getpid(),
+        bytes_in=rq.bytes_in,
+    )
+    store.record_end(
+        conn,
+        row,
+        job_id=None,
+        first_byte_at=None,
+        ended_at=now,
+        status=d.status,
+        outcome="error",
+        bytes_in=rq.bytes_in,
+        bytes_out=len(data) - data.index(b"\r\n\r\n") - 4,
+        error=message,
+    )
+    return data
+
+
+USAGE_PATH = "/v1/usage"
+
+
+def answer_usage(req: wire.ParsedRequest, settings: Settings, stdout: int, log: Log) -> int:
+    """``GET /v1/usage``: the caller's month so far and their limits (``saia_ctl.usage``),
+    answered here for any service id: no backend, no row, nothing counted against a limit."""
+    import json
+
+    try:
+        import sys
+
+        if sys.flags.no_site:  # cloud_interface.sh runs `python -S`: the report needs site-packages
+            import site
+
+            site.main()
+        from ..db import engine_for
+        from ..usage import usage_of_user
+
+        doc = usage_of_user(engine_for(settings), settings, req.user_id, settings.accounting_tz)
+    except Exception as e:  # the database or the zone: one line for the client, the rest in the log
+        log.bug(f"usage of {req.user_id}: {type(e).__name__}: {e}", e)
+        write_all(stdout, wire.error_response(503, "usage is unavailable; try again later"))
+        return 1
+    body = json.dumps(doc).encode("utf-8")
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    write_all(stdout, head.encode("ascii") + body)
+    return 0
+
+
 def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdout: int, log: Log) -> int:
     global _closing
+    if req.method == "GET" and req.path.partition("?")[0] == USAGE_PATH:
+        return answer_usage(req, settings, stdout, log)
     rq = Request()
     try:
         conn = rawdb.connect(
@@ -342,28 +455,21 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
             return 1
         now = time.time()
         rq.bytes_in = len(req.body) if req.body is not None else 0
+        refusal: bytes | None = None
         try:
             with rawdb.immediate(conn):
-                jobs = _choose(store.ready_jobs(conn, req.service_id))
-                rq.job_id = jobs[0]["id"] if jobs else None
-                rq.row, recorded = store.record_start(
-                    conn,
-                    inference_id=req.inference_id,
-                    user_id=req.user_id,
-                    service_id=req.service_id,
-                    job_id=rq.job_id,
-                    method=req.method,
-                    path=req.path,
-                    started_at=now,
-                    handler_host=_socket.gethostname(),
-                    handler_pid=os.getpid(),
-                    bytes_in=rq.bytes_in,
-                )
-                previous_demand = store.record_demand(conn, req.service_id, now) if not jobs else None
+                if store.any_limits(conn):  # admission in the transaction that records the request
+                    refusal = _admit(conn, settings, req, rq, now)
+                if refusal is None:
+                    jobs, recorded, previous_demand = _record_start(conn, req, rq, now)
         except rawdb.Error as e:
             rq.row = None
             log(f"503 cannot record the request {req.inference_id}: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
+            return 1
+        if refusal is not None:
+            log(f"{rq.status} {req.inference_id}: {rq.error}")
+            write_all(stdout, refusal)
             return 1
         log.tag = f"id={recorded}"
         try:
@@ -433,6 +539,10 @@ def _finish(conn: rawdb.Connection, rq: Request, log: Log) -> None:
     try:
         with rawdb.immediate(conn):
             store.record_end(conn, rq.row, **record)  # type: ignore[arg-type]
+            if rq.admission is not None and (tokens_in or tokens_out):
+                from .admission import add_tokens
+
+                add_tokens(conn, rq.admission, (tokens_in or 0) + (tokens_out or 0))
     except rawdb.Error as e:
         import json
 

@@ -77,6 +77,9 @@ DEMAND_INSERT_SQL = """
 INSERT INTO service_states (service_id, load_avg, target, demand_at) VALUES (:service_id, 0.0, 0, :now)
 """
 
+# Whether any limit is configured: without one, admission costs this one look.
+ANY_LIMIT_SQL = "SELECT 1 FROM limits LIMIT 1"
+
 LAST_TICK_SQL = "SELECT max(started_at) AS last FROM ticks"
 
 # For `status`: enabled services with their live jobs per state and last target.
@@ -197,6 +200,11 @@ def record_demand(conn: rawdb.Connection, service_id: str, now: float) -> float 
         return None
     conn.execute(DEMAND_SQL, params)
     return None if row["demand_at"] is None else float(row["demand_at"])
+
+
+def any_limits(conn: rawdb.Connection) -> bool:
+    """Whether admission has anything to decide (``admission.py``)."""
+    return conn.execute(ANY_LIMIT_SQL).fetchone() is not None
 
 
 def last_tick_at(conn: rawdb.Connection) -> float | None:

@@ -270,6 +270,7 @@ def _json_error(status: int, message: str, kind: str, extra: dict[str, object] |
 _KINDS = {
     400: "invalid_request_error",
     404: "not_found_error",
+    429: "rate_limit_exceeded",
     502: "bad_gateway",
     503: "service_unavailable",
     504: "gateway_timeout",

@@ -90,21 +90,45 @@ def _fold_ledger(engine: Engine, settings: Settings, now: float) -> list[str]:
     Accounting never stops scheduling: a failure is a line in the tick log, and the
     next tick tries again.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
     from ..accounting.ledger import fold_engine
-    from ..errors import SaiaError
-    from ..rawdb import Error as SQLiteError
 
     try:
         result = fold_engine(engine, settings.accounting_tz, now, max_days=1)
     except Exception as e:
-        line = f"accounting ledger not folded: {e.__class__.__name__}: {e}"
-        if isinstance(e, SQLiteError | SQLAlchemyError | SaiaError | OSError):
-            return [line]  # the database or the disk: the next tick tries again
-        # A bug: the tick log keeps its traceback (`saia-ctl ticks show ID`).
-        return [line, *(f"  {t}" for t in traceback.format_exc().rstrip().splitlines())]
-    return [f"accounting: folded {day} into the ledger" for day in result.days]
+        return _failure_lines("accounting ledger not folded", e)
+    lines = [f"accounting: folded {day} into the ledger" for day in result.days]
+    return lines + _refresh_gpu_figures(engine, settings, now)
+
+
+def _failure_lines(what: str, e: Exception) -> list[str]:
+    """A failure of the tick's accounting work: one line, and for a bug its traceback too."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..errors import SaiaError
+    from ..rawdb import Error as SQLiteError
+
+    line = f"{what}: {e.__class__.__name__}: {e}"
+    if isinstance(e, SQLiteError | SQLAlchemyError | SaiaError | OSError):
+        return [line]  # the database or the disk: the next tick tries again
+    # A bug: the tick log keeps its traceback (`saia-ctl ticks show ID`).
+    return [line, *(f"  {t}" for t in traceback.format_exc().rstrip().splitlines())]
+
+
+def _refresh_gpu_figures(engine: Engine, settings: Settings, now: float) -> list[str]:
+    """The GPU-hours figures that GPU-hours limits are checked against (saia_ctl.limits)."""
+    from ..db import read_session, write_session
+    from ..limits import gpu_figures, has_gpu_limits, write_gpu_figures
+
+    try:
+        with read_session(engine) as s:  # the month's figures without the write lock
+            if not has_gpu_limits(s):
+                return []
+            month, figures = gpu_figures(s, settings.accounting_tz, now)
+        with write_session(engine) as s:
+            write_gpu_figures(s, month, figures, now)
+    except Exception as e:
+        return _failure_lines("GPU-hours figures of the limits not refreshed", e)
+    return []
 
 
 def run_tick(
