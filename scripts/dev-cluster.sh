@@ -146,6 +146,10 @@ ssh_ok() { # bounded: whatever else holds the port may accept and never speak SS
   timeout 10 ssh $(ssh_opts) "$SSH_USER@127.0.0.1" keep-alive | grep -q 'SSH_ORIGINAL_COMMAND=\[keep-alive\]'
 }
 
+select_params() { # memory is a consumable resource with accounting: jobacct_gather's OverMemoryKill needs job limits
+  if [[ $(cat "$D/accounting" 2>/dev/null) == slurmdbd ]]; then echo CR_Core_Memory; else echo CR_Core; fi
+}
+
 accounting_conf() { # slurm.conf's accounting lines for DIR/accounting's mode
   if [[ $(cat "$D/accounting" 2>/dev/null) == slurmdbd ]]; then
     cat <<EOF
@@ -153,7 +157,9 @@ accounting_conf() { # slurm.conf's accounting lines for DIR/accounting's mode
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=2
-# A step above its --mem is killed (state OUT_OF_MEMORY): no cgroups here.
+# A job above its --mem is killed (SIGKILL: Slurm records FAILED, exit 0:9). Slurm's
+# OUT_OF_MEMORY state needs task/cgroup, whose paths (slurm/uid_N/job_N) clusters
+# sharing one machine would collide on.
 JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -202,7 +208,7 @@ SlurmdLogFile=$D/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=$(select_params)
 SlurmdParameters=config_overrides
 GresTypes=gpu
 $(accounting_conf)

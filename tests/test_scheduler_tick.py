@@ -167,6 +167,19 @@ def test_min_one_submits_once_with_name_port_secret(import_services, tick, engin
     assert len(jobs(engine)) == 1 and fake.calls["submit"] == 1
 
 
+def test_slurm_keys_of_a_service_are_passed_to_sbatch(import_services, tick, fake) -> None:  # type: ignore[no-untyped-def]
+    import_services(cfg(account="saia_b", partition="debug", qos="normal", reservation="maint"))
+    assert tick().error is None
+    [fj] = fake.jobs.values()
+    assert fj.args == [
+        "--no-requeue",
+        "--account=saia_b",
+        "--partition=debug",
+        "--qos=normal",
+        "--reservation=maint",
+    ]
+
+
 def test_job_ready_when_get_root_answers(import_services, tick, engine, fake, clock, probes) -> None:  # type: ignore[no-untyped-def]
     import_services(cfg())
     tick()
