@@ -89,6 +89,29 @@ def sacct_argv(sacct: str, job_ids: Iterable[int]) -> list[str]:
     return [sacct, "-X", "-P", "-n", "--noconvert", "-j", ids, "-o", ",".join(FIELDS)]
 
 
+def sacct_window_argv(sacct: str, start: float, end: float) -> list[str]:
+    """One call for every user's jobs that ran between ``start`` and ``end`` (epoch seconds;
+    sacct reads -S/-E as local time, so they are written as local time)."""
+    return [
+        sacct,
+        "-a",
+        "-X",
+        "-P",
+        "-n",
+        "--noconvert",
+        "-S",
+        _local_iso(start),
+        "-E",
+        _local_iso(end),
+        "-o",
+        ",".join(FIELDS),
+    ]
+
+
+def _local_iso(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def parse_time(value: str) -> float | None:
     """``1796192526`` (SLURM_TIME_FORMAT=%s) or ``2026-12-02T06:22:06`` (local time); None if unknown."""
     value = value.strip()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from .durations import DurationError, parse_duration
 from .errors import SaiaError
 from .sacct import ENV as SACCT_ENV
-from .sacct import SacctError, SacctRecord, parse_sacct, sacct_argv
+from .sacct import SacctError, SacctRecord, parse_sacct, sacct_argv, sacct_window_argv
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -99,6 +99,11 @@ class SlurmAccounting(Protocol):
         """Slurm's records of ``job_ids`` in ONE sacct call (jobs it has no record of are
         absent); SlurmError when sacct cannot be run, times out, refuses (no slurmdbd)
         or prints what the parser does not understand."""
+        ...
+
+    def accounting_window(self, start: float, end: float) -> list[SacctRecord]:
+        """Slurm's records of every job that ran between ``start`` and ``end`` (ONE sacct
+        call, all users); SlurmError as for ``accounting``."""
         ...
 
 
@@ -465,6 +470,15 @@ class RealSlurm:
             raise self._failure(proc)
         try:
             return parse_sacct(proc.stdout)
+        except SacctError as e:
+            raise SlurmError(f"sacct: {e}") from None
+
+    def accounting_window(self, start: float, end: float) -> list[SacctRecord]:
+        proc = self._run(sacct_window_argv(self._cmd("sacct"), start, end), SACCT_ENV)
+        if proc.returncode != 0:
+            raise self._failure(proc)
+        try:
+            return list(parse_sacct(proc.stdout).values())
         except SacctError as e:
             raise SlurmError(f"sacct: {e}") from None
 

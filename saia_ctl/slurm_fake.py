@@ -80,6 +80,14 @@ class FakeSlurm:
         self._check("accounting")
         return {i: self.records[i] for i in job_ids if i in self.records}
 
+    def accounting_window(self, start: float, end: float) -> list[SacctRecord]:
+        self._check("accounting")
+        return [
+            r
+            for r in self.records.values()
+            if r.start is not None and r.start < end and (r.end is None or r.end > start)
+        ]
+
     def cancel(self, job_id: int) -> None:
         self._check("cancel")
         fj = self.jobs.get(job_id)

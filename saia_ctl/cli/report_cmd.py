@@ -24,6 +24,7 @@ class ReportFormat(enum.StrEnum):
 class By(enum.StrEnum):
     user = "user"
     service = "service"
+    account = "account"
 
 
 @common.command
@@ -35,7 +36,22 @@ def report(
         str | None,
         typer.Option("--tz", help="Time zone the month is cut in (IANA name; default: SAIA_ACCOUNTING_TZ)."),
     ] = None,
-    by: Annotated[By | None, typer.Option("--by", help="Only the per-user or the per-service part.")] = None,
+    by: Annotated[
+        By | None,
+        typer.Option(
+            "--by",
+            help="Only the per-user or the per-service part, or GPU-hours per Slurm account "
+            "(account, then its services: sreport AccountUtilizationByUser's shape).",
+        ),
+    ] = None,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="Only the reconciliation with Slurm's accounting (sacct): per service, saia-ctl's "
+            "GPU-hours against Slurm's for the same jobs, and jobs one side only has.",
+        ),
+    ] = False,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's requests.")] = None,
     service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
@@ -82,6 +98,9 @@ def report(
     from ..accounting.report import monthly_report
     from .progress import progress_bar
 
+    if reconcile or by is By.account:
+        _slurm_report(month, tz, fmt, by_account=not reconcile, service=service)
+        return
     chosen = None
     if (wide or columns is not None) and fmt not in (ReportFormat.table, ReportFormat.markdown):
         option = "--wide" if wide else "--columns"
@@ -131,6 +150,40 @@ def report(
         return
     for path in written:
         typer.echo(f"wrote {path}", err=True)
+
+
+def _slurm_report(
+    month: str | None, tz: str | None, fmt: ReportFormat, *, by_account: bool, service: str | None
+) -> None:
+    """``--reconcile`` and ``--by account``: saia-ctl's jobs next to Slurm's records of the month."""
+    from ..accounting.months import month_of, month_window
+    from ..accounting.reconcile import by_account as account_rows
+    from ..accounting.reconcile import observed_jobs, read_slurm_side, reconcile, reconciliation_rows
+    from ..db import read_session
+    from ..scheduler.tick import make_slurm
+
+    if fmt not in (ReportFormat.table, ReportFormat.json, ReportFormat.csv):
+        common.fail("--reconcile and --by account print --format table, json or csv")
+    now = time.time()
+    settings = common.settings()
+    tz = tz or settings.accounting_tz
+    window = month_window(month or month_of(now, tz), tz)
+    with read_session(common.engine()) as s:
+        jobs = observed_jobs(s, window)
+    if service is not None:
+        jobs = [j for j in jobs if j.service == service]
+    side = read_slurm_side(make_slurm(settings), window)
+    if side.note:
+        common.warn(side.note)
+    if by_account:
+        records = {r.job_id: r for r in side.records}
+        rows = account_rows(jobs, records, window, now)
+    else:
+        result = reconcile(jobs, side.records, window, now, settings.job_prefix)
+        if service is not None:
+            result = {k: v for k, v in result.items() if k == service}
+        rows = reconciliation_rows(result, side.checked)
+    common.echo(common.render(rows, common.Format(fmt.value)))
 
 
 def register(app: typer.Typer) -> None:
