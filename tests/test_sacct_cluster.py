@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
+from saia_ctl.accounting.months import month_of, month_window
+from saia_ctl.accounting.reconcile import observed_jobs, read_slurm_side, reconcile
 from saia_ctl.db import engine_for
 from saia_ctl.sacct import ENV as SACCT_ENV
 from saia_ctl.sacct import SacctRecord, parse_sacct, sacct_argv
@@ -31,7 +34,7 @@ pytestmark = pytest.mark.cluster
 
 # What each service's batch script does, and the Slurm state it must end in.
 SCRIPTS = {
-    "ok": ("", "sleep 3\nexit 0\n"),
+    "ok": ("#SBATCH --gres=gpu:1\n", "sleep 3\nexit 0\n"),
     "fail": ("", "sleep 2\nexit 3\n"),
     # Above its --mem: jobacct_gather's OverMemoryKill kills it (Slurm: FAILED 0:9 here,
     # OUT_OF_MEMORY where task/cgroup enforces memory).
@@ -40,7 +43,7 @@ SCRIPTS = {
         f'{sys.executable} -c "b = b\\"x\\" * (300 * 1024 * 1024); import time; time.sleep(60)"\n',
     ),
     "cancel": ("", "sleep 300\n"),
-    "timeout": ("#SBATCH --time=1\n", "sleep 300\n"),
+    "timeout": ("#SBATCH --time=1\n#SBATCH --gres=gpu:2\n", "sleep 300\n"),
 }
 
 
@@ -129,7 +132,8 @@ def test_end_reasons_and_times_equal_slurms(
         finished = [j.job_id for j in slurm.queue(prefix) if j.is_finished]
         if finished:
             for _ in range(20):
-                if all(r.is_final for r in sacct(cluster, finished).values()):
+                recs = sacct(cluster, finished)
+                if all(i in recs and recs[i].is_final for i in finished):
                     break
                 time.sleep(0.5)
         tick()
@@ -158,6 +162,23 @@ def test_end_reasons_and_times_equal_slurms(
         # What the tick observed: the start within 2 s of Slurm's.
         assert job["started_at"] is not None and abs(job["started_at"] - rec.start) <= 2, (sid, job, rec)
         assert job["ended_at"] >= rec.end - 2, (sid, job, rec)
+    assert (jobs["ok"]["slurm_gpus"], jobs["timeout"]["slurm_gpus"]) == (1, 2)
+    # Reconciliation over the month: every job on both sides; saia-ctl's GPU time off by
+    # at most what the tick's view of a start and an end can be (2 s each) per GPU.
+    now = time.time()
+    window = month_window(month_of(now, "UTC"), "UTC")
+    with real["engine"].connect() as c:
+        observed = observed_jobs(Session(bind=c), window)
+    side = read_slurm_side(slurm, window)
+    assert side.checked, side.note
+    result = reconcile(observed, side.records, window, now, real["settings"].job_prefix)
+    for sid, r in result.items():
+        assert r.saia_only == [] and r.slurm_only == [], (sid, r)
+    total_saia = sum(r.saia_gpu_seconds for r in result.values())
+    total_slurm = sum(r.slurm_gpu_seconds for r in result.values())
+    assert total_slurm > 60  # the timed-out job's 2 GPUs for a minute or more
+    assert abs(total_saia - total_slurm) <= 4 * 3, (total_saia, total_slurm)
+    print(f"reconciled: saia-ctl {total_saia:.1f} GPU-s, Slurm {total_slurm:.1f} GPU-s")
     assert jobs["fail"]["slurm_exit_code"] == "3:0"
     assert jobs["ok"]["slurm_account"] == "saia_b"  # the service's account key reached sbatch
     assert jobs["fail"]["slurm_account"] == "saia_a"  # the user's default account

@@ -617,6 +617,16 @@ def test_sacct_failure_or_missing_record_keeps_what_was_observed(
     row = {j["slurm_job_id"]: j for j in jobs(engine)}
     assert row[b]["end_reason"] == "gone" and row[b]["slurm_state"] is None
     assert row[c]["end_reason"] == "gone" and row[c]["slurm_state"] is None
+    # Later ticks ask again about rows that ended without Slurm's record (in their one
+    # sacct call): once slurmdbd has it, "gone" becomes Slurm's state.
+    fake.records[b] = _record(fake, b, "NODE_FAIL")
+    calls = fake.calls["accounting"]
+    assert tick().error is None
+    assert fake.calls["accounting"] == calls + 1
+    row = {j["slurm_job_id"]: j for j in jobs(engine)}
+    assert (row[a]["end_reason"], row[a]["slurm_state"]) == ("out-of-memory", "OUT_OF_MEMORY")
+    assert (row[b]["end_reason"], row[b]["slurm_state"]) == ("node-failure", "NODE_FAIL")
+    assert row[c]["end_reason"] == "gone" and row[c]["slurm_state"] is None
 
 
 # --- lease, throttle
