@@ -173,6 +173,10 @@ def test_taken_ports_are_moved_out_of_the_ephemeral_range(folder: Path, cluster:
             s.close()
     assert r.returncode == 0, r.stderr
     assert f"Slurm's ports {ctld}/" in r.stderr and f"sshd's port {ssh_port} was taken" in r.stderr
+    # DEV_SLURMDBD=0 (set by _up): no Slurm accounting, and `up` says so.
+    assert "dev-cluster: Slurm accounting off (DEV_SLURMDBD=0)" in r.stderr
+    assert (folder / "accounting").read_text() == "none\n"
+    assert "AccountingStorageType=accounting_storage/none\n" in (folder / "slurm.conf").read_text()
     ports = dict(line.split("=", 1) for line in (folder / "ports").read_text().split())
     low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     for name in ("CTLD_PORT", "SLURMD_PORT", "SSH_PORT"):
