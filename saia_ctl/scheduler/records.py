@@ -63,23 +63,27 @@ def fill_late(engine: Engine, late: Sequence[LateRow], records: dict[int, SacctR
     with write_session(engine) as s:
         for row, rec in todo:
             reason = end_reason_of_state(rec.state) if row.end_reason == EndReason.GONE else row.end_reason
-            done += s.connection().execute(
-                text(
-                    "UPDATE jobs SET slurm_state = :state, slurm_exit_code = :exit, "
-                    "slurm_started_at = :start, slurm_ended_at = :end, slurm_gpus = :gpus, "
-                    "slurm_account = :account, end_reason = :reason WHERE id = :id AND slurm_state IS NULL"
-                ),
-                {
-                    "state": rec.state,
-                    "exit": rec.exit_code,
-                    "start": rec.start,
-                    "end": rec.end,
-                    "gpus": rec.gpus,
-                    "account": rec.account or None,
-                    "reason": reason,
-                    "id": row.id,
-                },
-            ).rowcount
+            done += (
+                s.connection()
+                .execute(
+                    text(
+                        "UPDATE jobs SET slurm_state = :state, slurm_exit_code = :exit, "
+                        "slurm_started_at = :start, slurm_ended_at = :end, slurm_gpus = :gpus, "
+                        "slurm_account = :account, end_reason = :reason WHERE id = :id AND slurm_state IS NULL"
+                    ),
+                    {
+                        "state": rec.state,
+                        "exit": rec.exit_code,
+                        "start": rec.start,
+                        "end": rec.end,
+                        "gpus": rec.gpus,
+                        "account": rec.account or None,
+                        "reason": reason,
+                        "id": row.id,
+                    },
+                )
+                .rowcount
+            )
     return done
 
 
