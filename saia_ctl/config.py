@@ -85,6 +85,29 @@ OPTIONAL_KEYS: tuple[OptionalKey, ...] = (
 )
 _OPTIONAL = {k.name: k for k in OPTIONAL_KEYS}
 
+# Optional Slurm placement keys, each passed to sbatch as its option (overriding the
+# script's #SBATCH line); absent: the script's own line or the cluster's default.
+SLURM_KEYS: dict[str, str] = {
+    "account": "Slurm account the service's jobs are charged to (`sbatch --account`).",
+    "partition": "Slurm partition the jobs run in (`sbatch --partition`).",
+    "qos": "Slurm quality of service of the jobs (`sbatch --qos`).",
+    "reservation": "Slurm reservation the jobs run in (`sbatch --reservation`).",
+}
+# What Slurm accepts in such a name (no spaces, commas allowed for lists of partitions).
+SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_.,:@+-]{1,128}$")
+
+
+def slurm_options(raw: Any) -> tuple[str, ...]:
+    """``--account=...`` etc. for a service's stored config (``services.config_json``);
+    keys that are absent or not valid names give nothing (import refuses them first)."""
+    if not isinstance(raw, dict):
+        return ()
+    return tuple(
+        f"--{key}={raw[key]}"
+        for key in SLURM_KEYS
+        if isinstance(raw.get(key), str) and SLURM_NAME_RE.match(raw[key])
+    )
+
 
 class ConfigError(SaiaError, ValueError):
     """config.json cannot be imported; the message names service and key."""
@@ -209,8 +232,19 @@ def parse_service(index: int, raw: Any, base_dir: str, warnings: list[str]) -> S
         options[opt.name] = _option(where, opt, raw[opt.name]) if opt.name in raw else opt.default
     if options["health_failures"] < 1:
         raise ConfigError(f"{where}: key 'health_failures' must be at least 1")
+    for key in SLURM_KEYS:
+        if key in raw and not (isinstance(raw[key], str) and SLURM_NAME_RE.match(raw[key])):
+            raise ConfigError(
+                f"{where}: key {key!r} must be a Slurm name (1-128 of letters, digits and _.,:@+-), "
+                f"not {json.dumps(raw[key])}"
+            )
     for key in raw:
-        if key not in REQUIRED_KEYS and key not in _OPTIONAL and key not in ("input", "output"):
+        if (
+            key not in REQUIRED_KEYS
+            and key not in _OPTIONAL
+            and key not in SLURM_KEYS
+            and key not in ("input", "output")
+        ):
             warnings.append(f"{where}: unknown key {key!r} kept as it is")
     return ServiceConfig(
         id=sid,

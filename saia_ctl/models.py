@@ -170,6 +170,14 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     health_failures: Mapped[int] = mapped_column(Integer, default=0)
     replaces_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))  # rotation
+    # Slurm's accounting record (sacct) once the job left the queue; NULL where sacct
+    # was not available. started_at/ended_at/gpus above stay what the ticks observed.
+    slurm_state: Mapped[str | None] = mapped_column(String(32))  # e.g. COMPLETED, OUT_OF_MEMORY
+    slurm_exit_code: Mapped[str | None] = mapped_column(String(16))  # "RC:SIGNAL"
+    slurm_started_at: Mapped[datetime | None]
+    slurm_ended_at: Mapped[datetime | None]
+    slurm_gpus: Mapped[int | None] = mapped_column(Integer)
+    slurm_account: Mapped[str | None] = mapped_column(String(128))
 
     service: Mapped[Service] = relationship(back_populates="jobs")
 

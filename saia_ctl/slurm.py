@@ -11,10 +11,12 @@ import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .durations import DurationError, parse_duration
 from .errors import SaiaError
+from .sacct import ENV as SACCT_ENV
+from .sacct import SacctError, SacctRecord, parse_sacct, sacct_argv, sacct_window_argv
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -86,6 +88,22 @@ class SlurmClient(Protocol):
 
     def job_info(self, job_id: int) -> SlurmJob | None:
         """Details of one job, finished ones included; None once Slurm has forgotten it."""
+        ...
+
+
+@runtime_checkable
+class SlurmAccounting(Protocol):
+    """A client that can also read Slurm's accounting database (``sacct``)."""
+
+    def accounting(self, job_ids: Sequence[int]) -> dict[int, SacctRecord]:
+        """Slurm's records of ``job_ids`` in ONE sacct call (jobs it has no record of are
+        absent); SlurmError when sacct cannot be run, times out, refuses (no slurmdbd)
+        or prints what the parser does not understand."""
+        ...
+
+    def accounting_window(self, start: float, end: float) -> list[SacctRecord]:
+        """Slurm's records of every job that ran between ``start`` and ``end`` (ONE sacct
+        call, all users); SlurmError as for ``accounting``."""
         ...
 
 
@@ -443,6 +461,26 @@ class RealSlurm:
             return parse_squeue(proc.stdout, name_prefix)
         except (ValueError, DurationError) as e:
             raise SlurmError(f"squeue: {e}") from None
+
+    def accounting(self, job_ids: Sequence[int]) -> dict[int, SacctRecord]:
+        if not job_ids:
+            return {}
+        proc = self._run(sacct_argv(self._cmd("sacct"), job_ids), SACCT_ENV)
+        if proc.returncode != 0:
+            raise self._failure(proc)
+        try:
+            return parse_sacct(proc.stdout)
+        except SacctError as e:
+            raise SlurmError(f"sacct: {e}") from None
+
+    def accounting_window(self, start: float, end: float) -> list[SacctRecord]:
+        proc = self._run(sacct_window_argv(self._cmd("sacct"), start, end), SACCT_ENV)
+        if proc.returncode != 0:
+            raise self._failure(proc)
+        try:
+            return list(parse_sacct(proc.stdout).values())
+        except SacctError as e:
+            raise SlurmError(f"sacct: {e}") from None
 
     def cancel(self, job_id: int) -> None:
         # scancel exits 0 for ids Slurm no longer knows; non-zero means it could not ask.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from .sacct import SacctRecord
 from .slurm import SlurmError, SlurmJob
 
 
@@ -33,8 +34,10 @@ class FakeSlurm:
         self.jobs: dict[int, FakeJob] = {}
         self.next_id = 1000
         self.fail_next: set[str] = set()
-        self.calls: dict[str, int] = {"submit": 0, "queue": 0, "cancel": 0, "job_info": 0}
+        self.calls: dict[str, int] = {"submit": 0, "queue": 0, "cancel": 0, "job_info": 0, "accounting": 0}
         self.forgotten: set[int] = set()
+        # Slurm's accounting database: what ``accounting`` (sacct) answers; tests fill it.
+        self.records: dict[int, SacctRecord] = {}
 
     def _check(self, kind: str) -> None:
         self.calls[kind] += 1
@@ -72,6 +75,18 @@ class FakeSlurm:
                 job = replace(job, elapsed=int(self.clock() - fj.started_at))
             out.append(job)
         return out
+
+    def accounting(self, job_ids: Sequence[int]) -> dict[int, SacctRecord]:
+        self._check("accounting")
+        return {i: self.records[i] for i in job_ids if i in self.records}
+
+    def accounting_window(self, start: float, end: float) -> list[SacctRecord]:
+        self._check("accounting")
+        return [
+            r
+            for r in self.records.values()
+            if r.start is not None and r.start < end and (r.end is None or r.end > start)
+        ]
 
     def cancel(self, job_id: int) -> None:
         self._check("cancel")

@@ -12,9 +12,20 @@
 #   cloud_interface.sh. env.sh is written only once everything answers.
 # "down" cancels every job, waits for the queue to empty, then stops exactly
 # the daemons it started (pid files under DIR). "status" exits 0 only when
-# all four daemons run and the node is usable.
+# all daemons run and the node is usable.
+#
+# Slurm accounting: when mariadbd and slurmdbd are installed, the first `up` of
+# a DIR also starts MariaDB (its own datadir, socket and 127.0.0.1 port under
+# DIR/mysql) and slurmdbd, and slurm.conf uses accounting_storage/slurmdbd with
+# AccountingStorageTRES=gres/gpu and jobacct_gather/linux; `up` registers the
+# cluster, two accounts (saia_a, saia_b) and the users' associations. If they
+# are missing or fail, the cluster comes up without accounting, as before, and
+# says so. DIR/accounting ("slurmdbd" or "none") and env.sh's
+# DEV_ACCOUNTING tell which. DEV_SLURMDBD=0 switches it off, =1 makes a
+# failure fatal; unset: on when installed. It adds ~10-20 s to a first `up`.
 #
 # Env overrides: SLURMCTLD_PORT (6817) SLURMD_PORT (6818) SSH_PORT (2222)
+#   SLURMDBD_PORT (6819) DEV_MYSQL_PORT (6820)
 #   SSH_USER (the invoking user) DEV_CPUS (16) DEV_GPUS (4) DEV_WAIT (seconds
 #   each of Slurm and sshd may take to answer: 30). A port may be
 #   "auto": a free one outside the kernel's ephemeral range, where no outgoing
@@ -34,6 +45,8 @@ D=$(realpath -m "$2")
 CTLD_PORT=${SLURMCTLD_PORT:-6817}
 SLURMD_PORT=${SLURMD_PORT:-6818}
 SSH_PORT=${SSH_PORT:-2222}
+DBD_PORT=${SLURMDBD_PORT:-6819}
+MYSQL_PORT=${DEV_MYSQL_PORT:-6820}
 SSH_USER=${SSH_USER:-$(id -un)}
 # A cluster keeps the ports and user it was first brought up with (env
 # overrides apply to a new DIR only), so `up` stays idempotent.
@@ -51,7 +64,7 @@ pick_port() { # a free port in 10000-19999 outside the ephemeral range, not one 
   for _ in $(seq 200); do
     p=$((10000 + RANDOM % 10000))
     ((p >= EPH_LO && p <= EPH_HI)) && continue
-    [[ $p == "$CTLD_PORT" || $p == "$SLURMD_PORT" || $p == "$SSH_PORT" ]] && continue
+    [[ $p == "$CTLD_PORT" || $p == "$SLURMD_PORT" || $p == "$SSH_PORT" || $p == "$DBD_PORT" || $p == "$MYSQL_PORT" ]] && continue
     port_used "$p" || { echo "$p"; return 0; }
   done
   echo "dev-cluster: no free port in 10000-19999 outside the ephemeral range $EPH_LO-$EPH_HI" >&2
@@ -60,9 +73,11 @@ pick_port() { # a free port in 10000-19999 outside the ephemeral range, not one 
 [[ $CTLD_PORT != auto ]] || CTLD_PORT=$(pick_port)
 [[ $SLURMD_PORT != auto ]] || SLURMD_PORT=$(pick_port)
 [[ $SSH_PORT != auto ]] || SSH_PORT=$(pick_port)
+[[ $DBD_PORT != auto ]] || DBD_PORT=$(pick_port)
+[[ $MYSQL_PORT != auto ]] || MYSQL_PORT=$(pick_port)
 save_ports() {
-  printf 'CTLD_PORT=%d\nSLURMD_PORT=%d\nSSH_PORT=%d\nSSH_USER=%q\n' \
-    "$CTLD_PORT" "$SLURMD_PORT" "$SSH_PORT" "$SSH_USER" >"$D/ports.tmp"
+  printf 'CTLD_PORT=%d\nSLURMD_PORT=%d\nSSH_PORT=%d\nDBD_PORT=%d\nMYSQL_PORT=%d\nSSH_USER=%q\n' \
+    "$CTLD_PORT" "$SLURMD_PORT" "$SSH_PORT" "$DBD_PORT" "$MYSQL_PORT" "$SSH_USER" >"$D/ports.tmp"
   mv "$D/ports.tmp" "$D/ports"
 }
 CPUS=${DEV_CPUS:-16}
@@ -70,6 +85,8 @@ WAIT=${DEV_WAIT:-30}
 GPUS=${DEV_GPUS:-4}
 NODE=$(hostname -s)
 S=$D/ssh
+M=$D/mysql
+ACCOUNTS=(saia_a saia_b)
 export SLURM_CONF=$D/slurm.conf
 
 # A running PID exists and is not a zombie: PID 1 on these VMs reaps orphans
@@ -129,6 +146,40 @@ ssh_ok() { # bounded: whatever else holds the port may accept and never speak SS
   timeout 10 ssh $(ssh_opts) "$SSH_USER@127.0.0.1" keep-alive | grep -q 'SSH_ORIGINAL_COMMAND=\[keep-alive\]'
 }
 
+select_params() { # memory is a consumable resource with accounting: jobacct_gather's OverMemoryKill needs job limits
+  if [[ $(cat "$D/accounting" 2>/dev/null) == slurmdbd ]]; then echo CR_Core_Memory; else echo CR_Core; fi
+}
+
+accounting_conf() { # slurm.conf's accounting lines for DIR/accounting's mode
+  if [[ $(cat "$D/accounting" 2>/dev/null) == slurmdbd ]]; then
+    cat <<EOF
+# Slurm's own accounting (slurmdbd + MariaDB under $M): sacct/sreport work.
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=2
+# A job above its --mem is killed (SIGKILL: Slurm records FAILED, exit 0:9). Slurm's
+# OUT_OF_MEMORY state needs task/cgroup, whose paths (slurm/uid_N/job_N) clusters
+# sharing one machine would collide on.
+JobAcctGatherParams=OverMemoryKill
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
+# With auth/munge this is the munge socket for talking to slurmdbd (AuthInfo is not used there).
+AccountingStoragePass=$D/munge/munge.socket
+AccountingStorageTRES=gres/gpu
+EOF
+  else
+    cat <<EOF
+# No AccountingStorageTRES=gres/gpu: without slurmdbd slurmctld refuses it
+# (fatal: "slurmdbd is required to run with TRES gres/gpu"). GPU counts are
+# read from squeue %b (tres-per-node, e.g. gres:gpu:4) and scontrol TresPerNode.
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+EOF
+  fi
+}
+
 write_slurm_conf() {
   # Node shape from `slurmd -C`, except CPUs: we declare $CPUS single-thread
   # cores so that many 1-CPU jobs run at once on a 2-core VM. slurmd accepts a
@@ -157,15 +208,10 @@ SlurmdLogFile=$D/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=$(select_params)
 SlurmdParameters=config_overrides
 GresTypes=gpu
-# No AccountingStorageTRES=gres/gpu: without slurmdbd slurmctld refuses it
-# (fatal: "slurmdbd is required to run with TRES gres/gpu"). GPU counts are
-# read from squeue %b (tres-per-node, e.g. gres:gpu:4) and scontrol TresPerNode.
-JobCompType=jobcomp/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+$(accounting_conf)
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
@@ -296,6 +342,142 @@ start_sshd() { # 0: ssh reaches the forced command; 2: its port was taken (a new
   return 1
 }
 
+# --- Slurm accounting: MariaDB + slurmdbd, both under DIR ---------------------
+mysql_cmd() { mariadb --no-defaults --socket="$M/mysqld.sock" -u root "$@"; }
+mysql_ok() { mysql_cmd -e 'SELECT 1'; }
+dbd_ok() { sacctmgr -n -P show cluster format=cluster; }
+dbd_installed() { command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null && command -v mariadb-install-db >/dev/null; }
+
+write_slurmdbd_conf() {
+  mkdir -p "$M"
+  [[ -s $M/pass ]] || { head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$M/pass"; chmod 600 "$M/pass"; }
+  cat >"$D/slurmdbd.conf.tmp" <<EOF
+# Generated by scripts/dev-cluster.sh: slurmdbd for the throwaway test cluster.
+AuthType=auth/munge
+AuthInfo=socket=$D/munge/munge.socket
+DbdAddr=127.0.0.1
+DbdHost=$NODE
+DbdPort=$DBD_PORT
+SlurmUser=root
+PidFile=$D/slurmdbd.pid
+LogFile=$D/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$MYSQL_PORT
+StorageUser=slurm
+StoragePass=$(cat "$M/pass")
+StorageLoc=slurm_acct_db
+EOF
+  chmod 600 "$D/slurmdbd.conf.tmp" # slurmdbd refuses a readable file holding a password
+  mv "$D/slurmdbd.conf.tmp" "$D/slurmdbd.conf"
+}
+
+start_mysql() { # 0: MariaDB answers on its socket; 2: its port was taken; 1: failed
+  local rc=0 log=$M/mariadbd.log
+  mkdir -p "$M"
+  if [[ ! -d $M/data/mysql ]]; then
+    rm -rf "$M/data"
+    mariadb-install-db --no-defaults --user=root --datadir="$M/data" --auth-root-authentication-method=socket \
+      --skip-test-db >"$M/install.log" 2>&1 || { show_log "$M/install.log"; return 1; }
+  fi
+  LOGS=("$log" "$(size "$log")")
+  if ! alive "$M/mariadbd.pid"; then
+    # No option files (--no-defaults): nothing of the host's /etc/mysql applies.
+    setsid mariadbd --no-defaults --user=root --datadir="$M/data" --socket="$M/mysqld.sock" \
+      --port="$MYSQL_PORT" --bind-address=127.0.0.1 --pid-file="$M/mariadbd.pid" --log-error="$log" \
+      --innodb-buffer-pool-size=32M --innodb-log-file-size=16M --skip-name-resolve </dev/null >/dev/null 2>&1 &
+    disown
+  fi
+  until_or_bind_failure "$WAIT" "MariaDB on $M/mysqld.sock" mysql_ok || rc=$?
+  if ((rc == 0)); then
+    mysql_cmd -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$(cat "$M/pass")';
+      GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" || return 1
+    return 0
+  fi
+  if ((rc == 2)) || grep -qi 'Do you already have another .* running' "$log" 2>/dev/null; then
+    stop "$M/mariadbd.pid"
+    local old=$MYSQL_PORT
+    MYSQL_PORT=$(pick_port)
+    echo "dev-cluster: MariaDB's port $old was taken, trying $MYSQL_PORT" >&2
+    save_ports
+    write_slurmdbd_conf
+    return 2
+  fi
+  show_log "$log"
+  echo "dev-cluster: MariaDB did not start (log above)" >&2
+  return 1
+}
+
+start_slurmdbd() { # 0: sacctmgr answers; 2: its port was taken; 1: failed
+  local rc=0 log=$D/log/slurmdbd.log
+  LOGS=("$log" "$(size "$log")")
+  alive "$D/slurmdbd.pid" || slurmdbd
+  until_or_bind_failure "$WAIT" "slurmdbd on port $DBD_PORT" dbd_ok || rc=$?
+  ((rc != 0)) || return 0
+  if ((rc == 2)); then
+    stop "$D/slurmdbd.pid"
+    local old=$DBD_PORT
+    DBD_PORT=$(pick_port)
+    echo "dev-cluster: slurmdbd's port $old was taken, trying $DBD_PORT" >&2
+    save_ports
+    write_slurmdbd_conf
+    write_slurm_conf
+    return 2
+  fi
+  show_log "$log"
+  echo "dev-cluster: slurmdbd did not answer (log above)" >&2
+  return 1
+}
+
+start_accounting() { # MariaDB, slurmdbd and the cluster's associations; 1 on any failure
+  write_slurmdbd_conf
+  retry start_mysql || return 1
+  retry start_slurmdbd || return 1
+  local users=("$SSH_USER") u
+  [[ $SSH_USER == root ]] || users+=(root)
+  # sacctmgr -i: no prompt; adding what exists already is a no-op (exit 1, "Nothing new added").
+  sacctmgr -i add cluster saiadev >/dev/null 2>&1 || true
+  sacctmgr -i add account "$(IFS=,; echo "${ACCOUNTS[*]}")" cluster=saiadev \
+    description=saia-dev organization=saia-dev >/dev/null 2>&1 || true
+  for u in "${users[@]}"; do
+    sacctmgr -i add user "$u" account="$(IFS=,; echo "${ACCOUNTS[*]}")" defaultaccount="${ACCOUNTS[0]}" \
+      cluster=saiadev >/dev/null 2>&1 || true
+  done
+  [[ -n $(sacctmgr -n -P show assoc cluster=saiadev user="$SSH_USER" account="${ACCOUNTS[1]}" format=account) ]] || {
+    echo "dev-cluster: sacctmgr did not record the associations" >&2
+    return 1
+  }
+}
+
+choose_accounting() { # the first `up` of DIR decides: "slurmdbd" or "none" in DIR/accounting
+  [[ -s $D/accounting ]] && return 0
+  local want=${DEV_SLURMDBD:-auto}
+  if [[ $want == 0 ]]; then
+    echo none >"$D/accounting"
+    echo "dev-cluster: Slurm accounting off (DEV_SLURMDBD=0)" >&2
+    return 0
+  fi
+  if ! dbd_installed; then
+    [[ $want != 1 ]] || { echo "dev-cluster: DEV_SLURMDBD=1 but slurmdbd or mariadb-server is not installed" >&2; exit 1; }
+    echo none >"$D/accounting"
+    echo "dev-cluster: slurmdbd or mariadb-server not installed: cluster without Slurm accounting" >&2
+    return 0
+  fi
+  local t0=$SECONDS
+  echo slurmdbd >"$D/accounting"
+  write_slurm_conf # sacctmgr reads AccountingStorageHost/Port from it
+  if start_accounting; then
+    echo "dev-cluster: Slurm accounting up (slurmdbd, MariaDB) in $((SECONDS - t0))s"
+    return 0
+  fi
+  stop "$D/slurmdbd.pid"
+  stop "$M/mariadbd.pid"
+  [[ $want != 1 ]] || { echo "dev-cluster: DEV_SLURMDBD=1 and Slurm accounting failed (above)" >&2; exit 1; }
+  echo none >"$D/accounting"
+  write_slurm_conf
+  echo "dev-cluster: Slurm accounting failed (above): cluster without Slurm accounting" >&2
+}
+
 retry() { # retry FUNCTION: again while it reports a taken port (2), at most 3 times
   local attempt rc
   for attempt in 1 2 3; do
@@ -319,7 +501,16 @@ up() {
     --key-file="$D/munge/munge.key" --pid-file="$D/munge/munged.pid" \
     --log-file="$D/munge/munged.log" --seed-file="$D/munge/munged.seed" ||
     { show_log "$D/munge/munged.log"; echo "dev-cluster: munged did not start (log above)" >&2; exit 1; }
-  # --- Slurm (SLURM_CONF is honoured by the daemons and every client command)
+  # --- Slurm accounting (optional), then Slurm (SLURM_CONF is honoured by the
+  # daemons and every client command, slurmdbd reads slurmdbd.conf next to it)
+  if [[ -s $D/accounting ]]; then
+    [[ -s $SLURM_CONF ]] || write_slurm_conf
+    if [[ $(cat "$D/accounting") == slurmdbd ]]; then start_accounting || exit 1; fi
+  elif [[ -s $SLURM_CONF ]]; then
+    echo none >"$D/accounting" # a cluster first brought up before accounting existed
+  else
+    choose_accounting
+  fi
   [[ -s $SLURM_CONF ]] || write_slurm_conf
   retry start_slurm || exit 1
   # --- sshd, logging in $SSH_USER with forced commands only
@@ -331,6 +522,7 @@ export NODE=$NODE
 export SSH_PORT=$SSH_PORT SSH_USER=$SSH_USER SSH_KEY=$S/client_key
 export SSH_TARGET=$SSH_USER@127.0.0.1
 export SSH_OPTS="$(ssh_opts)"
+export DEV_ACCOUNTING=$(cat "$D/accounting")
 EOF
   mv "$D/env.sh.tmp" "$D/env.sh"
   echo "dev-cluster: ready: source $D/env.sh"
@@ -348,17 +540,21 @@ down() {
   fi
   stop "$D/slurmd.pid"
   stop "$D/slurmctld.pid" # SIGTERM: slurmctld saves its state
+  stop "$D/slurmdbd.pid"
+  stop "$M/mariadbd.pid"
   stop "$D/munge/munged.pid"
   stop "$S/sshd.pid"
   echo "dev-cluster: down: $D"
 }
 
 status() {
-  local rc=0 name pidfile
-  for name in munged slurmctld slurmd sshd; do
+  local rc=0 name pidfile names=(munged slurmctld slurmd sshd)
+  [[ $(cat "$D/accounting" 2>/dev/null) != slurmdbd ]] || names+=(mariadbd slurmdbd)
+  for name in "${names[@]}"; do
     case $name in
       munged) pidfile=$D/munge/munged.pid ;;
       sshd) pidfile=$S/sshd.pid ;;
+      mariadbd) pidfile=$M/mariadbd.pid ;;
       *) pidfile=$D/$name.pid ;;
     esac
     if alive "$pidfile"; then echo "$name: running (pid $(cat "$pidfile"))"; else echo "$name: stopped"; rc=3; fi

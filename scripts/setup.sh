@@ -4,7 +4,8 @@
 #   scripts/setup.sh
 #
 # 1. As root on Debian/Ubuntu: apt-get installs what is missing of slurm-wlm
-#    munge openssh-server openssh-client curl sqlite3 chromium python3-venv (nothing is
+#    munge openssh-server openssh-client curl sqlite3 chromium python3-venv, and
+#    slurmdbd mariadb-server for the dev cluster's Slurm accounting (nothing is
 #    touched when all are present). Not root or no apt: only reports.
 # 2. Finds a Python >= 3.11 (the concrete interpreter, never a pyenv shim:
 #    a shim costs ~70 ms per start), creates .venv if missing and installs
@@ -20,7 +21,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- 1. system packages -------------------------------------------------------
 # python3-venv: for when the only Python >= 3.11 is Debian's own (its venv module is split off).
-PKGS=(slurm-wlm munge openssh-server openssh-client curl sqlite3 chromium python3-venv)
+# slurmdbd mariadb-server: Slurm's accounting in the dev cluster (optional there: without them it runs without).
+PKGS=(slurm-wlm slurmdbd mariadb-server munge openssh-server openssh-client curl sqlite3 chromium python3-venv)
 missing=()
 if command -v dpkg-query >/dev/null; then
   for p in "${PKGS[@]}"; do

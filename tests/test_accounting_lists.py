@@ -16,7 +16,13 @@ def test_jobs_list_live_all_service_and_formats(rows: Rows, monkeypatch: Any) ->
     monkeypatch.setattr("time.time", lambda: now)
     live = rows.job("svc-a", now - 3600, None, ready=now - 3000, walltime=7200, slurm_id=77)
     rows.job("svc-b", now - 600, None, state="starting", slurm_id=78)
-    rows.job("svc-a", now - 9000, now - 5000, ready=now - 8000, end_reason="idle", slurm_id=76)
+    ended = rows.job("svc-a", now - 9000, now - 5000, ready=now - 8000, end_reason="timeout", slurm_id=76)
+    rows.conn.execute(
+        "UPDATE jobs SET slurm_state = 'TIMEOUT', slurm_exit_code = '0:15', slurm_ended_at = ?,"
+        " slurm_account = 'saia_a' WHERE id = ?",
+        (now - 5001, ended),
+    )
+    rows.conn.commit()
     rows.request("u", "svc-a", live, now - 5, None)
     rows.request("u", "svc-a", live, now - 50, now - 40)
     r = cli("jobs", "list", "--format", "json")
@@ -30,7 +36,13 @@ def test_jobs_list_live_all_service_and_formats(rows: Rows, monkeypatch: Any) ->
     assert jobs[0]["ready"] is False and jobs[0]["walltime_left_s"] is None
     r = cli("jobs", "list", "--all", "--service", "svc-a", "--format", "csv")
     table = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert [(t["slurm_job_id"], t["end_reason"]) for t in table] == [("77", ""), ("76", "idle")]
+    assert [(t["slurm_job_id"], t["end_reason"]) for t in table] == [("77", ""), ("76", "timeout")]
+    # Slurm's own record (sacct) next to what the ticks observed.
+    assert [(t["slurm_state"], t["exit_code"], t["account"]) for t in table] == [
+        ("", "", ""),
+        ("TIMEOUT", "0:15", "saia_a"),
+    ]
+    assert table[1]["slurm_ended_at"] == "2026-05-01T22:36:39.000Z"
     r = cli("jobs", "list", "--since", "2026-05-02T00:00:00Z", "--format", "json")
     assert {j["slurm_job_id"] for j in json.loads(r.stdout)} == {77, 78}  # 76 ended before
     r = cli("jobs", "list")
@@ -46,6 +58,8 @@ def test_jobs_list_live_all_service_and_formats(rows: Rows, monkeypatch: Any) ->
         "age",
         "walltime_left",
         "end_reason",
+        "slurm_state",
+        "exit_code",
     ]
     assert "1:00:00" in r.stdout  # walltime left, Slurm-style
     r = cli("jobs", "list", "--since", "yesterday")

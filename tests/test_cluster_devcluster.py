@@ -56,6 +56,15 @@ def test_up_status_down(private: tuple[Cluster, float], cluster: Cluster) -> Non
     assert slurm(c, "sinfo", "-h", "-n", c.node, "-o", "%t %c %G").split() == ["idle", "16", "gpu:4"]
     conf = Path(c.slurm_conf).read_text()
     assert "SlurmdParameters=config_overrides" in conf and "GresTypes=gpu" in conf
+    # Slurm accounting when slurmdbd and MariaDB are installed, none (as before) otherwise.
+    accounting = (c.dir / "accounting").read_text().strip()
+    assert accounting == ("slurmdbd" if shutil.which("slurmdbd") and shutil.which("mariadbd") else "none")
+    assert f"export DEV_ACCOUNTING={accounting}\n" in (c.dir / "env.sh").read_text()
+    if accounting == "slurmdbd":
+        assert "AccountingStorageType=accounting_storage/slurmdbd" in conf
+        assert "AccountingStorageTRES=gres/gpu" in conf
+        assocs = slurm(c, "sacctmgr", "-n", "-P", "show", "assoc", "format=account,user").split()
+        assert {"saia_a|root", "saia_b|root"} <= set(assocs), assocs
     for i in range(4):
         assert (c.dir / f"fakegpu{i}").is_char_device()
     # env.sh carries everything a client needs.
@@ -131,7 +140,8 @@ def test_usage_errors() -> None:
 
 
 def _up(directory: Path, **ports: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **ports}
+    # These tests are about slurmctld's and sshd's ports: no slurmdbd (its own test is above).
+    env = {**os.environ, "DEV_SLURMDBD": "0", **ports}
     return subprocess.run(
         [str(DEV_CLUSTER), "up", str(directory)], env=env, capture_output=True, text=True, timeout=240
     )
@@ -163,6 +173,10 @@ def test_taken_ports_are_moved_out_of_the_ephemeral_range(folder: Path, cluster:
             s.close()
     assert r.returncode == 0, r.stderr
     assert f"Slurm's ports {ctld}/" in r.stderr and f"sshd's port {ssh_port} was taken" in r.stderr
+    # DEV_SLURMDBD=0 (set by _up): no Slurm accounting, and `up` says so.
+    assert "dev-cluster: Slurm accounting off (DEV_SLURMDBD=0)" in r.stderr
+    assert (folder / "accounting").read_text() == "none\n"
+    assert "AccountingStorageType=accounting_storage/none\n" in (folder / "slurm.conf").read_text()
     ports = dict(line.split("=", 1) for line in (folder / "ports").read_text().split())
     low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     for name in ("CTLD_PORT", "SLURMD_PORT", "SSH_PORT"):

@@ -75,6 +75,16 @@ def test_unknown_keys_are_warned_about_and_kept(home: Path, write_config: Any) -
     assert json.loads(raw)["chunk_size"] == 8
 
 
+def test_slurm_keys_are_known_and_kept(home: Path, write_config: Any) -> None:
+    path = write_config(service_config("a", account="saia_a", partition="gpu,debug", qos="high"))
+    r = run("init", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "unknown key" not in r.stderr
+    with sqlite3.connect(home / "saia.db") as conn:
+        (raw,) = conn.execute("SELECT config_json FROM services WHERE id='a'").fetchone()
+    assert json.loads(raw)["account"] == "saia_a"
+
+
 def test_input_output_are_optional_as_in_the_original(home: Path, write_config: Any) -> None:
     svc = service_config("a")
     del svc["input"], svc["output"]
@@ -97,6 +107,10 @@ BAD = [
     ("negative", {"maximum_number_instances": -1}, "maximum_number_instances"),
     ("bad id", {"id": "a b;rm -rf"}, "id"),
     ("bad optional key", {"ready_timeout": "soon"}, "ready_timeout"),
+    ("account with a space", {"account": "a b"}, "account"),
+    ("partition not a string", {"partition": 3}, "partition"),
+    ("empty qos", {"qos": ""}, "qos"),
+    ("reservation option", {"reservation": "--x=1 y"}, "reservation"),
 ]
 
 

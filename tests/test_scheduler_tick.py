@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from saia_ctl.db import write_session
+from saia_ctl.sacct import SacctRecord
 from saia_ctl.scheduler import TickResult, run_tick
 from saia_ctl.scheduler.lease import begin_tick
 from saia_ctl.scheduler.names import job_name
@@ -165,6 +166,19 @@ def test_min_one_submits_once_with_name_port_secret(import_services, tick, engin
     # Pending counts toward the target: a second tick submits nothing.
     tick()
     assert len(jobs(engine)) == 1 and fake.calls["submit"] == 1
+
+
+def test_slurm_keys_of_a_service_are_passed_to_sbatch(import_services, tick, fake) -> None:  # type: ignore[no-untyped-def]
+    import_services(cfg(account="saia_b", partition="debug", qos="normal", reservation="maint"))
+    assert tick().error is None
+    [fj] = fake.jobs.values()
+    assert fj.args == [
+        "--no-requeue",
+        "--account=saia_b",
+        "--partition=debug",
+        "--qos=normal",
+        "--reservation=maint",
+    ]
 
 
 def test_job_ready_when_get_root_answers(import_services, tick, engine, fake, clock, probes) -> None:  # type: ignore[no-untyped-def]
@@ -525,6 +539,94 @@ def test_job_gone_from_queue_gets_reason(import_services, tick, engine, fake, cl
     tick()
     reasons = {j["slurm_job_id"]: j["end_reason"] for j in jobs(engine) if j["state"] == "ended"}
     assert reasons == {a: "timeout", b: "gone"}
+
+
+def _record(fake: FakeSlurm, job_id: int, state: str, **kw: Any) -> SacctRecord:
+    values: dict[str, Any] = {
+        "job_id": job_id,
+        "state": state,
+        "exit_code": "0:0",
+        "start": 1000.0,
+        "end": 1100.0,
+        "elapsed": 100,
+        "gpus": 2,
+        "account": "saia_b",
+        "partition": "debug",
+        "qos": "normal",
+        "name": fake.jobs[job_id].job.name,
+    }
+    values.update(kw)
+    return SacctRecord(**values)
+
+
+def test_jobs_that_left_the_queue_get_slurms_record_in_one_sacct_call(
+    import_services, tick, engine, fake, clock
+) -> None:  # type: ignore[no-untyped-def]
+    import_services(cfg(minimum_number_instances=3))
+    tick()
+    a, b, c = sorted(fake.jobs)
+    for j in (a, b, c):
+        fake.start(j)
+    clock.advance(30)
+    tick()
+    assert fake.calls["accounting"] == 0  # nothing left the queue: no sacct call
+    fake.finish(a, "FAILED")  # squeue still lists it, as failed; sacct knows better
+    fake.forget(b)  # gone from squeue and scontrol
+    fake.records[a] = _record(fake, a, "OUT_OF_MEMORY", exit_code="0:125")
+    fake.records[b] = _record(fake, b, "TIMEOUT", exit_code="0:15", gpus=1, start=1010.0, end=1200.0)
+    r = tick()
+    assert r.error is None, r.text()
+    assert fake.calls["accounting"] == 1  # one call for both
+    rows = {j["slurm_job_id"]: j for j in jobs(engine)}
+    assert rows[a]["end_reason"] == "out-of-memory" and rows[b]["end_reason"] == "timeout"
+    assert (rows[a]["slurm_state"], rows[a]["slurm_exit_code"]) == ("OUT_OF_MEMORY", "0:125")
+    assert (rows[b]["slurm_started_at"], rows[b]["slurm_ended_at"]) == (1010.0, 1200.0)
+    assert rows[b]["slurm_gpus"] == 1 and rows[b]["slurm_account"] == "saia_b"
+    # What the ticks observed is kept next to it.
+    assert rows[b]["gpus"] == fake.gpus and rows[b]["ended_at"] == clock()
+    assert rows[c]["ended_at"] is None and rows[c]["slurm_state"] is None
+
+
+def test_sacct_failure_or_missing_record_keeps_what_was_observed(
+    import_services, tick, engine, fake, clock
+) -> None:  # type: ignore[no-untyped-def]
+    import_services(cfg(minimum_number_instances=3))
+    tick()
+    a, b, c = sorted(fake.jobs)
+    for j in (a, b, c):
+        fake.start(j)
+    fake.forget(a)
+    fake.records[a] = _record(fake, a, "OUT_OF_MEMORY")
+    fake.fail_next.add("accounting")
+    r = tick()
+    assert r.error is None and r.ran
+    notes = [line for line in r.summary.splitlines() if "as observed" in line]
+    assert notes == [
+        "end reasons and times as observed for 1 job(s): sacct unavailable: "
+        "fake accounting failure: Unable to contact slurm controller"
+    ]
+    row = {j["slurm_job_id"]: j for j in jobs(engine)}
+    assert row[a]["end_reason"] == "gone" and row[a]["slurm_state"] is None  # never a claimed reason
+    # A record not final yet (slurmdbd lags), or of another job that got the id: not used.
+    fake.forget(b)
+    fake.records[b] = _record(fake, b, "RUNNING", end=None)
+    fake.forget(c)
+    fake.records[c] = _record(fake, c, "OUT_OF_MEMORY", name="someone-elses-job")
+    r = tick()
+    assert r.error is None and "as observed" not in r.summary
+    row = {j["slurm_job_id"]: j for j in jobs(engine)}
+    assert row[b]["end_reason"] == "gone" and row[b]["slurm_state"] is None
+    assert row[c]["end_reason"] == "gone" and row[c]["slurm_state"] is None
+    # Later ticks ask again about rows that ended without Slurm's record (in their one
+    # sacct call): once slurmdbd has it, "gone" becomes Slurm's state.
+    fake.records[b] = _record(fake, b, "NODE_FAIL")
+    calls = fake.calls["accounting"]
+    assert tick().error is None
+    assert fake.calls["accounting"] == calls + 1
+    row = {j["slurm_job_id"]: j for j in jobs(engine)}
+    assert (row[a]["end_reason"], row[a]["slurm_state"]) == ("out-of-memory", "OUT_OF_MEMORY")
+    assert (row[b]["end_reason"], row[b]["slurm_state"]) == ("node-failure", "NODE_FAIL")
+    assert row[c]["end_reason"] == "gone" and row[c]["slurm_state"] is None
 
 
 # --- lease, throttle

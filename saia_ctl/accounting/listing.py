@@ -11,7 +11,8 @@ from .months import iso_utc
 
 _JOBS_SQL = """
 SELECT j.id, j.service_id, j.slurm_job_id, j.state, j.node, j.port, j.submitted_at, j.started_at,
-       j.ready_at, j.ended_at, j.walltime_limit, j.gpus, j.end_reason,
+       j.ready_at, j.ended_at, j.walltime_limit, j.gpus, j.end_reason, j.slurm_state, j.slurm_exit_code,
+       j.slurm_started_at, j.slurm_ended_at, j.slurm_gpus, j.slurm_account,
        (SELECT COUNT(*) FROM requests r WHERE r.job_id = j.id AND r.ended_at IS NULL
             AND r.service_id = j.service_id) AS in_flight
 FROM jobs j
@@ -65,6 +66,13 @@ def list_jobs(
                 "ready_at": iso_utc(r["ready_at"]),
                 "ended_at": iso_utc(ended),
                 "end_reason": r["end_reason"],
+                # Slurm's accounting record (sacct), when the tick could read it.
+                "slurm_state": r["slurm_state"],
+                "exit_code": r["slurm_exit_code"],
+                "slurm_started_at": iso_utc(r["slurm_started_at"]),
+                "slurm_ended_at": iso_utc(r["slurm_ended_at"]),
+                "slurm_gpus": r["slurm_gpus"],
+                "account": r["slurm_account"],
             }
         )
     return rows

@@ -21,6 +21,8 @@ COLUMNS = (
     "age",
     "walltime_left",
     "end_reason",
+    "slurm_state",
+    "exit_code",
 )
 
 
@@ -35,7 +37,8 @@ def list_jobs(
     ] = None,
     fmt: common.FormatOption = common.Format.table,
 ) -> None:
-    """Jobs with state, node, port, requests in flight, age, walltime left and why they ended."""
+    """Jobs with state, node, port, requests in flight, age, walltime left, why they ended, and
+    Slurm's own end state and exit code (sacct) where the tick could read them."""
     from ..accounting.listing import list_jobs as query
     from ..accounting.months import parse_time
     from ..db import read_session

@@ -25,6 +25,7 @@ class By(enum.StrEnum):
     user = "user"
     service = "service"
     project = "project"
+    account = "account"
 
 
 @common.command
@@ -38,8 +39,20 @@ def report(
     ] = None,
     by: Annotated[
         By | None,
-        typer.Option("--by", help="Only the per-user or the per-service part, or the projects (billing)."),
+        typer.Option(
+            "--by",
+            help="Only the per-user or the per-service part, the projects (billing), or GPU-hours "
+            "per Slurm account (account, then its services: sreport AccountUtilizationByUser's shape).",
+        ),
     ] = None,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="Only the reconciliation with Slurm's accounting (sacct): per service, saia-ctl's "
+            "GPU-hours against Slurm's for the same jobs, and jobs one side only has.",
+        ),
+    ] = False,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's requests.")] = None,
     service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.table,
@@ -90,6 +103,9 @@ def report(
     from ..accounting.report import monthly_report
     from .progress import progress_bar
 
+    if reconcile or by is By.account:
+        _slurm_report(month, tz, fmt, by_account=not reconcile, service=service)
+        return
     chosen = None
     if (wide or columns is not None) and fmt not in (ReportFormat.table, ReportFormat.markdown):
         option = "--wide" if wide else "--columns"
@@ -157,6 +173,40 @@ def _projects(month: str, tz: str, now: float, fmt: ReportFormat, billing: bool,
     projects, rows = by_project(common.engine(), month, tz, now)
     chosen, cols = (rows, BILLING_COLUMNS) if billing else (projects, COLUMNS)
     common.echo(common.render(chosen, common.Format(fmt.value), cols))
+
+
+def _slurm_report(
+    month: str | None, tz: str | None, fmt: ReportFormat, *, by_account: bool, service: str | None
+) -> None:
+    """``--reconcile`` and ``--by account``: saia-ctl's jobs next to Slurm's records of the month."""
+    from ..accounting.months import month_of, month_window
+    from ..accounting.reconcile import by_account as account_rows
+    from ..accounting.reconcile import observed_jobs, read_slurm_side, reconcile, reconciliation_rows
+    from ..db import read_session
+    from ..scheduler.tick import make_slurm
+
+    if fmt not in (ReportFormat.table, ReportFormat.json, ReportFormat.csv):
+        common.fail("--reconcile and --by account print --format table, json or csv")
+    now = time.time()
+    settings = common.settings()
+    tz = tz or settings.accounting_tz
+    window = month_window(month or month_of(now, tz), tz)
+    with read_session(common.engine()) as s:
+        jobs = observed_jobs(s, window)
+    if service is not None:
+        jobs = [j for j in jobs if j.service == service]
+    side = read_slurm_side(make_slurm(settings), window)
+    if side.note:
+        common.warn(side.note)
+    if by_account:
+        records = {r.job_id: r for r in side.records}
+        rows = account_rows(jobs, records, window, now)
+    else:
+        result = reconcile(jobs, side.records, window, now, settings.job_prefix)
+        if service is not None:
+            result = {k: v for k, v in result.items() if k == service}
+        rows = reconciliation_rows(result, side.checked)
+    common.echo(common.render(rows, common.Format(fmt.value)))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ name. A job is marked ended only after ``scancel`` succeeded; a failed
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, bindparam, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..config import slurm_options
 from ..db import read_session, write_session
 from ..models import JobState, Outcome
 from ..settings import Settings
@@ -64,6 +66,7 @@ class NewJob:
     secret: str
     reason: SubmitReason
     replaces_job_id: int | None
+    slurm_options: tuple[str, ...] = ()  # the service's account/partition/qos/reservation
 
 
 def lowest_free_port(held: set[int], port_range: tuple[int, int]) -> int:
@@ -114,6 +117,24 @@ def insert_job(
         held.add(port)
         return job_id, name, port, secret
     raise NoFreePort(f"no free port in {port_range[0]}-{port_range[1]}")
+
+
+def _slurm_options(s: Session, service_ids: set[str]) -> dict[str, tuple[str, ...]]:
+    """The sbatch options of the services' optional Slurm keys (from their stored config)."""
+    rows = s.execute(
+        text("SELECT id, config_json FROM services WHERE id IN :ids").bindparams(
+            bindparam("ids", expanding=True)
+        ),
+        {"ids": sorted(service_ids)},
+    ).all()
+    out: dict[str, tuple[str, ...]] = {}
+    for r in rows:
+        try:
+            raw = json.loads(r.config_json or "{}")
+        except ValueError:
+            raw = {}
+        out[str(r.id)] = slurm_options(raw)
+    return out
 
 
 def record_intents(
@@ -169,6 +190,7 @@ def record_intents(
             )
         if plan.submits:
             held = {int(p) for p in s.execute(text("SELECT port FROM jobs WHERE ended_at IS NULL")).scalars()}
+            options = _slurm_options(s, {sub.service_id for sub in plan.submits})
             for sub in plan.submits:
                 try:
                     job_id, name, port, secret = insert_job(
@@ -187,6 +209,7 @@ def record_intents(
                         secret,
                         sub.reason,
                         sub.replaces_job_id,
+                        options.get(sub.service_id, ()),
                     )
                 )
     return new_jobs, errors
@@ -273,7 +296,7 @@ def call_slurm(
                 output=place.output,
                 # A job lost with its node must end, not wait ~2 min in the queue
                 # for its requeue (BeginTime): the next tick submits a fresh one.
-                extra_args=place.extra_args,
+                extra_args=place.extra_args + job.slurm_options,
             )
         except SlurmError as e:
             out.submit_failed.append((job, str(e)))

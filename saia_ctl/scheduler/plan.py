@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import JobState
+from ..sacct import SacctRecord
 from ..slurm import SlurmJob
 from ..walltime import CANCEL_BEFORE_END, DRAIN_BEFORE_END
 from .views import (
@@ -122,7 +123,12 @@ def end_reason_from_slurm(job: SlurmJob) -> str:
 
     A state with no ``EndReason`` member is kept, in lower case with dashes.
     """
-    base = job.state.split()[0].rstrip("+")
+    return end_reason_of_state(job.state)
+
+
+def end_reason_of_state(state: str) -> str:
+    """Our end reason for a Slurm state as squeue or sacct print it (``CANCELLED by 0``)."""
+    base = state.split()[0].rstrip("+") if state.split() else ""
     return _SLURM_END_REASONS.get(base, base.lower().replace("_", "-") or EndReason.GONE)
 
 
@@ -316,8 +322,18 @@ class _Planner:
         self.plan.actions.append(action)
 
     # --- 1. reconcile with Slurm
-    def end(self, w: _Work, reason: str) -> None:
+    def end(self, w: _Work, reason: str, record: SacctRecord | None = None) -> None:
         w.set(state=_ENDED, ended_at=self.now, end_reason=reason)
+        if record is not None:
+            # Slurm's own record, next to what the ticks observed (started_at, ended_at, gpus).
+            w.set(
+                slurm_state=record.state,
+                slurm_exit_code=record.exit_code,
+                slurm_started_at=record.start,
+                slurm_ended_at=record.end,
+                slurm_gpus=record.gpus,
+                slurm_account=record.account or None,
+            )
         w.ended = True
         self.act(
             Action(
@@ -353,7 +369,10 @@ class _Planner:
                     # Written before sbatch by a tick that died or failed to submit: never reached Slurm.
                     self.end(w, w.end_reason or EndReason.SUBMIT_FAILED)
                 else:
-                    self.end(w, w.end_reason or EndReason.GONE)
+                    # Gone from the queue and from scontrol: sacct tells why, if it can.
+                    record = self.final_record(w)
+                    reason = end_reason_of_state(record.state) if record else EndReason.GONE
+                    self.end(w, w.end_reason or reason, record)
                 continue
             if w.slurm_job_id is None:
                 w.set(slurm_job_id=sj.job_id)
@@ -361,7 +380,9 @@ class _Planner:
                     Action(ActionKind.ADOPT, service=w.view.service_id, job=w.id, slurm_job_id=sj.job_id)
                 )
             if sj.is_finished:
-                self.end(w, w.end_reason or end_reason_from_slurm(sj))
+                record = self.final_record(w)
+                reason = end_reason_of_state(record.state) if record else end_reason_from_slurm(sj)
+                self.end(w, w.end_reason or reason, record)
             elif sj.is_pending:
                 if w.state in (_SUBMITTING, _STARTING, _READY):
                     if w.state != _SUBMITTING:  # requeued by Slurm
@@ -369,6 +390,16 @@ class _Planner:
                     w.set(state=_PENDING)
             else:
                 self.follow_running(w, sj)
+
+    def final_record(self, w: _Work) -> SacctRecord | None:
+        """Slurm's final accounting record of this row's job; None when there is none (no
+        sacct, not written yet, or the id now belongs to another job's name)."""
+        if w.slurm_job_id is None:
+            return None
+        record = self.obs.records.get(w.slurm_job_id)
+        if record is None or not record.is_final or record.name != w.view.name:
+            return None
+        return record
 
     def follow_running(self, w: _Work, sj: SlurmJob) -> None:
         if w.state in (_SUBMITTING, _PENDING):

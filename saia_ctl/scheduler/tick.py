@@ -20,6 +20,7 @@ from .names import name_prefix
 from .observe import probe_targets, read_slurm, read_snapshot
 from .plan import plan_tick
 from .probes import Prober, probe_all
+from .records import fill_late, late_rows, read_records
 from .ticklog import finish_tick
 from .views import Action, EndReason, Observation, Plan
 from .watch import watch_waiting
@@ -169,15 +170,20 @@ def run_tick(
                 record_intents(engine, Plan(), settings, now, snap.dead_requests)
                 lines.append(f"closed {len(snap.dead_requests)} request(s) whose handler is gone")
         else:
+            late = late_rows(engine, now)
+            records, records_note = read_records(slurm, snap.jobs, queue, late)
             probes = probe(probe_targets(snap.jobs, queue), settings.probe_timeout)
             now = clock()
-            obs = Observation(now, snap.services, snap.jobs, queue, info, probes)
+            obs = Observation(now, snap.services, snap.jobs, queue, info, probes, records)
             plan = plan_tick(obs, prefix)
             new_jobs, port_errors = record_intents(engine, plan, settings, now, snap.dead_requests)
             outcomes = call_slurm(engine, slurm, settings, plan.cancels, new_jobs, deadline - FINAL_WRITES)
             done = record_outcomes(engine, outcomes, clock())
+            fill_late(engine, late, records)
             actions = plan.actions + done
             lines = _describe(plan, len(snap.dead_requests), done) + port_errors
+            if records_note:
+                lines.append(records_note)
             if port_errors:
                 error = "; ".join(port_errors)
             if watch:

@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..sacct import SacctRecord
 from ..slurm import SlurmJob
 
 
@@ -174,6 +175,7 @@ class Observation:
     queue: list[SlurmJob]
     job_info: dict[int, SlurmJob | None] = field(default_factory=dict)  # live rows missing from queue
     probes: dict[int, ProbeResult] = field(default_factory=dict)  # by jobs.id
+    records: dict[int, SacctRecord] = field(default_factory=dict)  # sacct, by Slurm id
 
 
 class _Unset(enum.Enum):
@@ -204,6 +206,12 @@ class JobChange:
     end_reason: str | _Unset | None = UNSET
     last_error: str | _Unset | None = UNSET
     health_failures: int | _Unset = UNSET
+    slurm_state: str | _Unset | None = UNSET
+    slurm_exit_code: str | _Unset | None = UNSET
+    slurm_started_at: float | _Unset | None = UNSET
+    slurm_ended_at: float | _Unset | None = UNSET
+    slurm_gpus: int | _Unset | None = UNSET
+    slurm_account: str | _Unset | None = UNSET
 
     def columns(self) -> dict[str, Any]:
         """The fields that are set, by name (a subclass's fields included: apply checks them)."""

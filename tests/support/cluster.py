@@ -191,7 +191,13 @@ def start_cluster(directory: Path, script: Path = DEV_CLUSTER) -> Cluster:
     script's last lines and the tail of the daemon logs (read before anything
     is deleted).
     """
-    ports = {"SLURMCTLD_PORT": free_port(), "SLURMD_PORT": free_port(), "SSH_PORT": free_port()}
+    ports = {
+        "SLURMCTLD_PORT": free_port(),
+        "SLURMD_PORT": free_port(),
+        "SSH_PORT": free_port(),
+        "SLURMDBD_PORT": free_port(),
+        "DEV_MYSQL_PORT": free_port(),
+    }
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
     proc = subprocess.run(
         [str(script), "up", str(directory)], env=env, capture_output=True, text=True, timeout=180
