@@ -144,6 +144,7 @@ class ServiceState(Base):
     lower_since: Mapped[datetime | None]  # since when the wanted count has been below the live count
     last_busy_at: Mapped[datetime | None]  # last time a request was in flight
     demand_at: Mapped[datetime | None]  # last request that found no ready job (written by the request path)
+    context_length: Mapped[int | None] = mapped_column(Integer)  # learned from the backend's /v1/models
 
 
 class Job(Base):
@@ -170,6 +171,8 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     health_failures: Mapped[int] = mapped_column(Integer, default=0)
     replaces_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))  # rotation
+    slurm_reason: Mapped[str | None] = mapped_column(String(64))  # squeue's reason while pending
+    slurm_start: Mapped[datetime | None]  # Slurm's expected start while pending (squeue --start)
 
     service: Mapped[Service] = relationship(back_populates="jobs")
 

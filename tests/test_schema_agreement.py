@@ -52,7 +52,13 @@ WRITTEN: dict[str, dict[str, type]] = {
         "handler_host": str,
         "handler_pid": int,
     },
-    "service_states": {"service_id": str, "demand_at": float, "load_avg": float, "target": int},
+    "service_states": {
+        "service_id": str,
+        "demand_at": float,
+        "load_avg": float,
+        "target": int,
+        "context_length": int,
+    },
     "jobs": {
         "id": int,
         "node": str,
@@ -65,6 +71,8 @@ WRITTEN: dict[str, dict[str, type]] = {
         "ready_at": float,
         "started_at": float,
         "walltime_limit": int,
+        "slurm_reason": str,
+        "slurm_start": float,
     },
     "services": {
         "id": str,
@@ -76,6 +84,8 @@ WRITTEN: dict[str, dict[str, type]] = {
         "request_hold_time": float,
         "minimum_number_instances": int,
         "maximum_number_instances": int,
+        "inferences_per_instance": int,
+        "config_json": str,
     },
     "ticks": {"started_at": float},
 }

@@ -82,12 +82,27 @@ LAST_TICK_SQL = "SELECT max(started_at) AS last FROM ticks"
 # For `status`: enabled services with their live jobs per state and last target.
 STATUS_SERVICES_SQL = """
 SELECT s.id, s.name, s.owned_by, s.input, s.output, s.minimum_number_instances,
-       s.maximum_number_instances, coalesce(ss.target, 0) AS target
+       s.maximum_number_instances, coalesce(ss.target, 0) AS target,
+       s.inferences_per_instance, s.config_json, ss.context_length
   FROM services s LEFT JOIN service_states ss ON ss.service_id = s.id
  WHERE s.enabled = 1 ORDER BY s.id
 """
 STATUS_JOBS_SQL = (
     "SELECT service_id, state, count(*) AS n FROM jobs WHERE ended_at IS NULL GROUP BY service_id, state"
+)
+
+# Live jobs not ready yet: what the catalogue tells about a queued or loading service.
+STATUS_WAITING_SQL = (
+    "SELECT service_id, state, slurm_reason, slurm_start, submitted_at, started_at FROM jobs"
+    " WHERE ended_at IS NULL AND state IN ('submitting', 'pending', 'starting') ORDER BY id"
+)
+STATUS_IN_FLIGHT_SQL = (
+    "SELECT service_id, count(*) AS n FROM requests WHERE ended_at IS NULL GROUP BY service_id"
+)
+# A service's recent jobs that became ready: submit-to-ready and start-to-ready.
+STATUS_HISTORY_SQL = (
+    "SELECT ready_at - submitted_at AS to_ready, ready_at - started_at AS to_load FROM jobs"
+    " WHERE service_id = :service AND ready_at IS NOT NULL ORDER BY id DESC LIMIT 10"
 )
 
 # The suffix marks a re-used inference id; '~' is outside the id charset, so a
@@ -222,3 +237,18 @@ def status_rows(conn: rawdb.Connection) -> tuple[list[rawdb.Row], list[rawdb.Row
         list(conn.execute(STATUS_SERVICES_SQL).fetchall()),
         list(conn.execute(STATUS_JOBS_SQL).fetchall()),
     )
+
+
+def status_extra(
+    conn: rawdb.Connection,
+) -> tuple[list[rawdb.Row], list[rawdb.Row]]:
+    """(live jobs not ready yet, in-flight requests per service) for the catalogue."""
+    return (
+        list(conn.execute(STATUS_WAITING_SQL).fetchall()),
+        list(conn.execute(STATUS_IN_FLIGHT_SQL).fetchall()),
+    )
+
+
+def status_history(conn: rawdb.Connection, service_id: str) -> list[rawdb.Row]:
+    """The service's last ten jobs that became ready (newest first)."""
+    return list(conn.execute(STATUS_HISTORY_SQL, {"service": service_id}).fetchall())

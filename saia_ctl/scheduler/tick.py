@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from ..settings import Settings
-from ..slurm import SlurmClient, SlurmError
+from ..slurm import SlurmClient, SlurmError, SlurmJob
 from .apply import call_slurm, record_intents, record_outcomes
+from .catalogue import record_queue_facts
 from .lease import begin_tick, new_holder, release_lease, renew_lease
 from .names import name_prefix
 from .observe import probe_targets, read_slurm, read_snapshot
 from .plan import plan_tick
 from .probes import Prober, probe_all
 from .ticklog import finish_tick
-from .views import Action, EndReason, Observation, Plan
+from .views import Action, EndReason, JobView, Observation, Plan
 from .watch import watch_waiting
 
 # Time kept back from the tick's bound for the final writes.
@@ -99,6 +100,15 @@ def _fold_ledger(engine: Engine, settings: Settings, now: float) -> list[str]:
     return [f"accounting: folded {day} into the ledger" for day in result.days]
 
 
+def _catalogue(engine: Engine, slurm: SlurmClient, jobs: list[JobView], queue: list[SlurmJob]) -> list[str]:
+    """Pending reasons and expected starts for `status`; a failure never stops the tick."""
+    try:
+        record_queue_facts(engine, slurm, jobs, queue)
+    except Exception as e:
+        return [f"catalogue not updated: {e.__class__.__name__}: {e}"]
+    return []
+
+
 def run_tick(
     engine: Engine,
     settings: Settings,
@@ -144,8 +154,9 @@ def run_tick(
             new_jobs, port_errors = record_intents(engine, plan, settings, now, snap.dead_requests)
             outcomes = call_slurm(engine, slurm, settings, plan.cancels, new_jobs, deadline - FINAL_WRITES)
             done = record_outcomes(engine, outcomes, clock())
+            lines += _catalogue(engine, slurm, snap.jobs, queue)
             actions = plan.actions + done
-            lines = _describe(plan, len(snap.dead_requests), done) + port_errors
+            lines = _describe(plan, len(snap.dead_requests), done) + port_errors + lines
             if port_errors:
                 error = "; ".join(port_errors)
             if watch:
