@@ -21,6 +21,7 @@ from saia_ctl.request_path import catalogue
 from saia_ctl.scheduler.catalogue import parse_start_times, queue_facts, start_times
 from saia_ctl.scheduler.views import JobView
 from saia_ctl.slurm import SlurmJob
+from tests.support.backend import BackendProcess as Backend
 from tests.support.fixtures import service_config
 from tests.support.net import free_port
 from tests.support.paths import REPO
@@ -195,3 +196,40 @@ def test_tick_side_reason_and_start_times() -> None:
 
     assert start_times(Runs(), [11, 13]) == starts and Runs.args[-1] == "11,13"
     assert start_times(object(), [11]) == {}  # a client that cannot run squeue: no estimate
+
+
+def test_context_length_learned_once_from_the_backend(home: Path, engine: Any, import_services: Any) -> None:
+    from saia_ctl.scheduler.catalogue import context_from_models, learn_context_lengths
+
+    assert context_from_models(b'{"data": [{"id": "m", "max_model_len": 8192}]}') == 8192
+    assert context_from_models(b'{"data": [{"id": "m"}]}') == 0
+    assert context_from_models(b"<html>") == 0
+    import_services(service_config("v"), service_config("w", contextLength=1000), service_config("x"))
+    db = home / "saia.db"
+    add_job(db, "v", free_port(), "s3cret")
+    add_job(db, "w", free_port(), "s3cret")
+    asked: list[tuple[str, int, str]] = []
+
+    def fetch(host: str, port: int, secret: str, timeout: float) -> bytes | None:
+        asked.append((host, port, secret))
+        return b'{"object": "list", "data": [{"id": "m", "max_model_len": 8192}]}'
+
+    assert learn_context_lengths(engine, 1.0, fetch) == {"v": 8192}  # w has it in its config
+    assert [a[2] for a in asked] == ["s3cret"]
+    assert learn_context_lengths(engine, 1.0, fetch) == {} and len(asked) == 1  # asked once
+    assert _status(home)["v"]["contextLength"] == "8192"
+    assert _status(home)["w"]["contextLength"] == "1000"
+    assert "contextLength" not in _status(home)["x"]
+
+
+def test_fetch_models_sends_the_bearer_token() -> None:
+    from saia_ctl.scheduler.catalogue import fetch_models
+
+    backend = Backend()
+    try:
+        body = fetch_models("127.0.0.1", backend.port, backend.secret, 5.0)
+        assert body is not None and b"test-model" in body
+        assert fetch_models("127.0.0.1", backend.port, "wrong", 5.0) is None
+        assert fetch_models("127.0.0.1", free_port(), "x", 1.0) is None
+    finally:
+        backend.stop()

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from ..settings import Settings
 from ..slurm import SlurmClient, SlurmError, SlurmJob
 from .apply import call_slurm, record_intents, record_outcomes
-from .catalogue import record_queue_facts
+from .catalogue import learn_context_lengths, record_queue_facts
 from .lease import begin_tick, new_holder, release_lease, renew_lease
 from .names import name_prefix
 from .observe import probe_targets, read_slurm, read_snapshot
@@ -100,10 +100,20 @@ def _fold_ledger(engine: Engine, settings: Settings, now: float) -> list[str]:
     return [f"accounting: folded {day} into the ledger" for day in result.days]
 
 
-def _catalogue(engine: Engine, slurm: SlurmClient, jobs: list[JobView], queue: list[SlurmJob]) -> list[str]:
-    """Pending reasons and expected starts for `status`; a failure never stops the tick."""
+def _catalogue(
+    engine: Engine,
+    settings: Settings,
+    slurm: SlurmClient,
+    jobs: list[JobView],
+    queue: list[SlurmJob],
+    ask_backends: bool,
+) -> list[str]:
+    """Pending reasons, expected starts and (when the tick talks to real backends) context
+    lengths for `status`; a failure never stops the tick."""
     try:
         record_queue_facts(engine, slurm, jobs, queue)
+        if ask_backends:
+            learn_context_lengths(engine, settings.probe_timeout)
     except Exception as e:
         return [f"catalogue not updated: {e.__class__.__name__}: {e}"]
     return []
@@ -154,7 +164,7 @@ def run_tick(
             new_jobs, port_errors = record_intents(engine, plan, settings, now, snap.dead_requests)
             outcomes = call_slurm(engine, slurm, settings, plan.cancels, new_jobs, deadline - FINAL_WRITES)
             done = record_outcomes(engine, outcomes, clock())
-            lines += _catalogue(engine, slurm, snap.jobs, queue)
+            lines += _catalogue(engine, settings, slurm, snap.jobs, queue, prober is None)
             actions = plan.actions + done
             lines = _describe(plan, len(snap.dead_requests), done) + port_errors + lines
             if port_errors:
