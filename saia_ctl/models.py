@@ -116,6 +116,8 @@ class Service(Base):
     health_failures: Mapped[int] = mapped_column(Integer)  # failed health checks in a row before replacing
     request_hold_time: Mapped[float] = mapped_column(Float)  # seconds a request waits for a starting job
     enabled: Mapped[bool] = mapped_column(default=True)  # false once dropped from config.json
+    # set by hand (`saia-ctl services ...`), never by config.json: active, draining or disabled
+    admin_state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     config_json: Mapped[str] = mapped_column(Text)  # the service's object as imported, unknown keys kept
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -86,6 +86,7 @@ WRITTEN: dict[str, dict[str, type]] = {
         "maximum_number_instances": int,
         "inferences_per_instance": int,
         "config_json": str,
+        "admin_state": str,
     },
     "ticks": {"started_at": float},
 }

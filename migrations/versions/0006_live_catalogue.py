@@ -6,7 +6,9 @@ Create Date: 2026-12-02 06:35:00.000000
 
 What the `status` answer tells beyond job counts, stored by the scheduler tick:
 Slurm's reason for a pending job and its expected start (`squeue --start`),
-and a service's context length learned from its backend's own `/v1/models`.
+a service's context length learned from its backend's own `/v1/models`; and
+a service's state set by hand (`saia-ctl services drain|resume|disable|enable`),
+which a re-import of config.json leaves alone.
 """
 
 from collections.abc import Sequence
@@ -26,11 +28,16 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("slurm_start", sa.Float(), nullable=True))
     with op.batch_alter_table("service_states", schema=None) as batch_op:
         batch_op.add_column(sa.Column("context_length", sa.Integer(), nullable=True))
+    with op.batch_alter_table("services", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("admin_state", sa.String(length=16), server_default="active", nullable=False)
+        )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("service_states", schema=None) as batch_op:
-        batch_op.drop_column("context_length")
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_column("slurm_start")
-        batch_op.drop_column("slurm_reason")
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+): a batch copy of `services` or
+    # `jobs` would drop a table that other tables' foreign keys point at.
+    op.drop_column("services", "admin_state")
+    op.drop_column("service_states", "context_length")
+    op.drop_column("jobs", "slurm_start")
+    op.drop_column("jobs", "slurm_reason")

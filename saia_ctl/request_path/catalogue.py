@@ -3,7 +3,7 @@ context length, capabilities and estimated wait (pure functions, stdlib only).
 
 Phases: ``ready`` (a job answers), ``loading`` (a job runs, does not answer
 yet), ``queued`` (a job waits in Slurm, with Slurm's reason), ``draining``
-(only draining jobs left), ``offline`` (no job).
+(only draining jobs left, or drained by its operator), ``offline`` (no job).
 
 ``demand`` is the number GWDG's Chat AI frontend reads from the model list:
 up to 1 low, up to 3 medium, up to 5 high, above that very high. Here it is
@@ -45,6 +45,7 @@ RESERVED = frozenset(
     {
         "state",
         "phase",
+        "admin",
         "reason",
         "ready",
         "starting",
@@ -71,8 +72,11 @@ def demand(in_flight: int, capacity: int) -> float:
     return round(DEMAND_AT_CAPACITY * in_flight / capacity, 2)
 
 
-def phase(counts: Mapping[str, int]) -> str:
-    """The service's phase from its live jobs' states."""
+def phase(counts: Mapping[str, int], admin: str = "active") -> str:
+    """The service's phase from its live jobs' states; drained or disabled by its operator:
+    ``draining`` while jobs are left, then ``offline``."""
+    if admin != "active":
+        return "draining" if any(counts.values()) else "offline"
     if counts.get("ready", 0):
         return "ready"
     if counts.get("starting", 0):

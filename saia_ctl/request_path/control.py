@@ -51,7 +51,7 @@ def status_document(conn: rawdb.Connection, now: float | None = None) -> dict[st
     """The `status` answer: enabled services with their live state and catalogue fields.
 
     The fields of earlier versions (``state``: ready/starting/offline, counts) are
-    kept as they were; the catalogue adds ``phase``, ``reason``, ``demand``,
+    kept as they were; the catalogue adds ``phase``, ``admin`` (the operator's state), ``reason``, ``demand``,
     ``contextLength``, ``estimated_wait`` and the config's further keys.
     """
     import json
@@ -98,7 +98,8 @@ def status_document(conn: rawdb.Connection, now: float | None = None) -> dict[st
             "target": int(s["target"]),
             "minimum_number_instances": int(s["minimum_number_instances"]),
             "maximum_number_instances": int(s["maximum_number_instances"]),
-            "phase": catalogue.phase(c),
+            "phase": catalogue.phase(c, str(s["admin_state"])),
+            "admin": s["admin_state"],
             "queued": c.get("pending", 0) + c.get("submitting", 0),
             "loading": c.get("starting", 0),
             "in_flight": flying,

@@ -332,13 +332,24 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
         return 1
     try:
         try:
-            hold = store.service_hold_time(conn, req.service_id)
+            gate = store.service_gate(conn, req.service_id)
         except rawdb.Error as e:
             log(f"503 cannot read services: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
             return 1
-        if hold is None:
+        if gate is None:
             _answer_error(stdout, rq, 404, f"service {req.service_id} is not configured")
+            return 1
+        hold, admin = gate
+        if admin != "active":
+            _answer_error(
+                stdout,
+                rq,
+                503,
+                f"the model {req.service_id} is {admin} by its operator; try again later",
+                (),
+                {"service": req.service_id, "state": admin},
+            )
             return 1
         now = time.time()
         rq.bytes_in = len(req.body) if req.body is not None else 0

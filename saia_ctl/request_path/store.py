@@ -83,7 +83,7 @@ LAST_TICK_SQL = "SELECT max(started_at) AS last FROM ticks"
 STATUS_SERVICES_SQL = """
 SELECT s.id, s.name, s.owned_by, s.input, s.output, s.minimum_number_instances,
        s.maximum_number_instances, coalesce(ss.target, 0) AS target,
-       s.inferences_per_instance, s.config_json, ss.context_length
+       s.inferences_per_instance, s.config_json, ss.context_length, s.admin_state
   FROM services s LEFT JOIN service_states ss ON ss.service_id = s.id
  WHERE s.enabled = 1 ORDER BY s.id
 """
@@ -108,6 +108,18 @@ STATUS_HISTORY_SQL = (
 # The suffix marks a re-used inference id; '~' is outside the id charset, so a
 # suffixed id can never be a client's.
 DUPLICATE_SEPARATOR = "~"
+
+
+# An enabled service with the state its operator set (active, draining, disabled).
+SERVICE_GATE_SQL = (
+    "SELECT request_hold_time, admin_state FROM services WHERE id = :service_id AND enabled = 1"
+)
+
+
+def service_gate(conn: rawdb.Connection, service_id: str) -> tuple[float, str] | None:
+    """(request hold time, operator's state) of an enabled service; None if unknown or removed."""
+    row = conn.execute(SERVICE_GATE_SQL, {"service_id": service_id}).fetchone()
+    return None if row is None else (float(row["request_hold_time"]), str(row["admin_state"]))
 
 
 def service_hold_time(conn: rawdb.Connection, service_id: str) -> float | None:

@@ -28,7 +28,7 @@ MAX_JOB_INFO = 20
 
 _SERVICES = text(
     """
-    SELECT s.id, s.enabled, s.sbatch, s.inferences_per_instance, s.minimum_number_instances,
+    SELECT s.id, (s.enabled = 1 AND s.admin_state = 'active') AS enabled, s.sbatch, s.inferences_per_instance, s.minimum_number_instances,
            s.maximum_number_instances, s.job_expiry_time, s.ready_timeout, s.idle_timeout,
            s.scale_down_cooldown, s.health_failures,
            st.load_avg, st.sampled_at, st.lower_since, st.last_busy_at, st.demand_at,

@@ -112,7 +112,7 @@ class ServiceView:
     """A service, its remembered scheduler state and its load right now."""
 
     id: str
-    enabled: bool
+    enabled: bool  # in config.json and not drained or disabled by hand (`saia-ctl services`)
     sbatch: str
     inferences_per_instance: int
     minimum: int
