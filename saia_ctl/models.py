@@ -118,6 +118,9 @@ class Service(Base):
     enabled: Mapped[bool] = mapped_column(default=True)  # false once dropped from config.json
     # set by hand (`saia-ctl services ...`), never by config.json: active, draining or disabled
     admin_state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    spec: Mapped[str | None] = mapped_column(
+        String(64)
+    )  # fingerprint of what shapes its jobs (config.job_spec)
     config_json: Mapped[str] = mapped_column(Text)  # the service's object as imported, unknown keys kept
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -175,6 +178,7 @@ class Job(Base):
     replaces_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))  # rotation
     slurm_reason: Mapped[str | None] = mapped_column(String(64))  # squeue's reason while pending
     slurm_start: Mapped[datetime | None]  # Slurm's expected start while pending (squeue --start)
+    spec: Mapped[str | None] = mapped_column(String(64))  # the service's spec when submitted
 
     service: Mapped[Service] = relationship(back_populates="jobs")
 
