@@ -150,6 +150,8 @@ class ServiceState(Base):
     last_busy_at: Mapped[datetime | None]  # last time a request was in flight
     demand_at: Mapped[datetime | None]  # last request that found no ready job (written by the request path)
     context_length: Mapped[int | None] = mapped_column(Integer)  # learned from the backend's /v1/models
+    maintenance_until: Mapped[datetime | None]  # end of the MAINT reservation it is down for (by the tick)
+    maintenance_name: Mapped[str | None] = mapped_column(String(256))  # that reservation's name
 
 
 class Job(Base):

@@ -58,6 +58,8 @@ WRITTEN: dict[str, dict[str, type]] = {
         "load_avg": float,
         "target": int,
         "context_length": int,
+        "maintenance_until": float,
+        "maintenance_name": str,
     },
     "jobs": {
         "id": int,

@@ -10,7 +10,8 @@ a service's context length learned from its backend's own `/v1/models`; and
 a service's state set by hand (`saia-ctl services drain|resume|disable|enable`),
 which a re-import of config.json leaves alone; the fingerprint of what shapes
 a service's jobs (its batch script), on the service and on each job submitted,
-so that a change replaces running jobs rolling.
+so that a change replaces running jobs rolling; the end and name of the Slurm
+maintenance reservation (MAINT) a service is down for.
 """
 
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("spec", sa.String(length=64), nullable=True))
     with op.batch_alter_table("service_states", schema=None) as batch_op:
         batch_op.add_column(sa.Column("context_length", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("maintenance_until", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("maintenance_name", sa.String(length=256), nullable=True))
     with op.batch_alter_table("services", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("admin_state", sa.String(length=16), server_default="active", nullable=False)
@@ -44,6 +47,8 @@ def downgrade() -> None:
     op.drop_column("services", "spec")
     op.drop_column("services", "admin_state")
     op.drop_column("jobs", "spec")
+    op.drop_column("service_states", "maintenance_name")
+    op.drop_column("service_states", "maintenance_until")
     op.drop_column("service_states", "context_length")
     op.drop_column("jobs", "slurm_start")
     op.drop_column("jobs", "slurm_reason")

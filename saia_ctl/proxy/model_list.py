@@ -31,7 +31,16 @@ _STARTING_KEYS = (
 _TARGET_KEYS = ("target", "target_instances")
 _STATES = ("ready", "starting", "offline")
 # Catalogue fields copied from the status answer when present.
-_PASS = ("phase", "admin", "reason", "estimated_wait", "slurm_start", "maintenance_until", "message")
+_PASS = (
+    "phase",
+    "admin",
+    "reason",
+    "estimated_wait",
+    "slurm_start",
+    "maintenance",
+    "maintenance_until",
+    "message",
+)
 # Fields of the status answer that are counts or limits, not model facts.
 _INTERNAL = frozenset(
     {

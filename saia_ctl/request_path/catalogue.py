@@ -59,6 +59,9 @@ RESERVED = frozenset(
         "estimated_wait",
         "queued_since",
         "slurm_start",
+        "maintenance",
+        "maintenance_until",
+        "message",
     }
 )
 

@@ -109,6 +109,14 @@ def status_document(conn: rawdb.Connection, now: float | None = None) -> dict[st
         length = catalogue.context_length(config, s["context_length"])
         if length is not None:
             doc["contextLength"] = length
+        until = s["maintenance_until"]
+        if until is not None and float(until) > at and not ready and s["admin_state"] == "active":
+            doc["phase"] = "maintenance"
+            doc["maintenance_until"] = float(until)
+            doc["maintenance"] = s["maintenance_name"]
+            doc["message"] = "down for maintenance until " + time.strftime(
+                "%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(until))
+            )
         if not ready:
             jobs = waiting.get(sid, [])
             pending = [j for j in jobs if j["state"] != "starting"]
@@ -128,6 +136,9 @@ def status_document(conn: rawdb.Connection, now: float | None = None) -> dict[st
                 min(starts, default=None),
                 [float(h["to_load"]) for h in history if h["to_load"] is not None],
             )
+            if doc["phase"] == "maintenance":  # nothing starts before the window ends
+                wait = doc["estimated_wait"]
+                doc["estimated_wait"] = max(round(float(until) - at), wait if isinstance(wait, int) else 0)
         out.append(doc)
     return {"services": out}
 

@@ -378,7 +378,25 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
             return 1
         log.tag = f"id={recorded}"
         try:
-            if not jobs:
+            down = store.maintenance(conn, req.service_id, now) if not jobs else None
+            if down is not None:
+                seconds = max(1, int(down[0] - time.time() + 0.999))
+                until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(down[0]))
+                _answer_error(
+                    stdout,
+                    rq,
+                    503,
+                    f"the model {req.service_id} is down for maintenance until {until}; retry in about {seconds} s",
+                    (("Retry-After", str(seconds)),),
+                    {
+                        "service": req.service_id,
+                        "state": "maintenance",
+                        "retry_after": seconds,
+                        "until": down[0],
+                    },
+                )
+                jobs = []
+            elif not jobs:
                 if previous_demand is None or now - previous_demand >= DEMAND_RESPAWN:
                     from .spawn import spawn_tick  # only without a ready job
 

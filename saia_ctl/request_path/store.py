@@ -83,7 +83,8 @@ LAST_TICK_SQL = "SELECT max(started_at) AS last FROM ticks"
 STATUS_SERVICES_SQL = """
 SELECT s.id, s.name, s.owned_by, s.input, s.output, s.minimum_number_instances,
        s.maximum_number_instances, coalesce(ss.target, 0) AS target,
-       s.inferences_per_instance, s.config_json, ss.context_length, s.admin_state
+       s.inferences_per_instance, s.config_json, ss.context_length, s.admin_state,
+       ss.maintenance_until, ss.maintenance_name
   FROM services s LEFT JOIN service_states ss ON ss.service_id = s.id
  WHERE s.enabled = 1 ORDER BY s.id
 """
@@ -120,6 +121,18 @@ def service_gate(conn: rawdb.Connection, service_id: str) -> tuple[float, str] |
     """(request hold time, operator's state) of an enabled service; None if unknown or removed."""
     row = conn.execute(SERVICE_GATE_SQL, {"service_id": service_id}).fetchone()
     return None if row is None else (float(row["request_hold_time"]), str(row["admin_state"]))
+
+
+MAINTENANCE_SQL = (
+    "SELECT maintenance_until, maintenance_name FROM service_states"
+    " WHERE service_id = :service_id AND maintenance_until > :now"
+)
+
+
+def maintenance(conn: rawdb.Connection, service_id: str, now: float) -> tuple[float, str] | None:
+    """(end, reservation name) of the maintenance window the service is down for now, if any."""
+    row = conn.execute(MAINTENANCE_SQL, {"service_id": service_id, "now": now}).fetchone()
+    return None if row is None else (float(row["maintenance_until"]), str(row["maintenance_name"] or ""))
 
 
 def service_hold_time(conn: rawdb.Connection, service_id: str) -> float | None:

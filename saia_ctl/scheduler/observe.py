@@ -31,7 +31,7 @@ _SERVICES = text(
     SELECT s.id, (s.enabled = 1 AND s.admin_state = 'active') AS enabled, s.sbatch, s.inferences_per_instance, s.minimum_number_instances,
            s.maximum_number_instances, s.job_expiry_time, s.ready_timeout, s.idle_timeout,
            s.scale_down_cooldown, s.health_failures, s.spec,
-           st.load_avg, st.sampled_at, st.lower_since, st.last_busy_at, st.demand_at,
+           st.maintenance_until, st.load_avg, st.sampled_at, st.lower_since, st.last_busy_at, st.demand_at,
            (SELECT r.started_at FROM requests r WHERE r.service_id = s.id
              ORDER BY r.started_at DESC LIMIT 1) AS last_request_at,
            (SELECT max(j.submitted_at) FROM jobs j WHERE j.service_id = s.id) AS last_submit_at,
@@ -148,6 +148,7 @@ def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
             failed_starts=int(r["failed_starts"] or 0),
             last_failed_at=r["last_failed_at"],
             spec=r["spec"],
+            maintenance_until=r["maintenance_until"],
         )
         for r in service_rows
     ]

@@ -561,6 +561,9 @@ class _Planner:
                     deficit -= 1
         if deficit <= 0:
             return deficit
+        if svc.maintenance_until is not None and now < svc.maintenance_until:
+            did.append(f"down for maintenance: nothing submitted for {svc.maintenance_until - now:.0f}s")
+            return deficit
         failed_starts, last_failed_at = svc.failed_starts, svc.last_failed_at
         for w in self.work_of.get(svc.id, ()):  # failed starts noticed this tick count at once
             never_ready = w.view.ready_at is None and (w.change is None or w.change.ready_at is UNSET)

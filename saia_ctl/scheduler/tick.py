@@ -8,7 +8,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Engine
 
@@ -17,12 +17,13 @@ from ..slurm import SlurmClient, SlurmError, SlurmJob
 from .apply import call_slurm, record_intents, record_outcomes
 from .catalogue import learn_context_lengths, record_queue_facts
 from .lease import begin_tick, new_holder, release_lease, renew_lease
+from .maintenance import record_maintenance
 from .names import name_prefix
 from .observe import probe_targets, read_slurm, read_snapshot
 from .plan import plan_tick
 from .probes import Prober, probe_all
 from .ticklog import finish_tick
-from .views import Action, EndReason, JobView, Observation, Plan
+from .views import Action, EndReason, JobView, Observation, Plan, ServiceView
 from .watch import watch_waiting
 
 # Time kept back from the tick's bound for the final writes.
@@ -119,6 +120,31 @@ def _catalogue(
     return []
 
 
+def _maintenance(
+    engine: Engine,
+    slurm: SlurmClient,
+    services: list[ServiceView],
+    jobs: list[JobView],
+    queue: list[SlurmJob],
+    now: float,
+    lines: list[str],
+) -> list[ServiceView]:
+    """The services with the maintenance window each is down for now (Slurm MAINT reservations);
+    unreadable: as last stored. A failure never stops the tick."""
+    try:
+        down = record_maintenance(engine, slurm, services, jobs, queue, now)
+    except Exception as e:
+        lines.append(f"maintenance windows not read: {e.__class__.__name__}: {e}")
+        return services
+    if down is None:
+        return services
+    for sid, (end, name) in sorted(down.items()):
+        lines.append(
+            f"{sid}: down for maintenance ({name}) until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}"
+        )
+    return [replace(s, maintenance_until=down[s.id][0] if s.id in down else None) for s in services]
+
+
 def run_tick(
     engine: Engine,
     settings: Settings,
@@ -157,9 +183,10 @@ def run_tick(
                 record_intents(engine, Plan(), settings, now, snap.dead_requests)
                 lines.append(f"closed {len(snap.dead_requests)} request(s) whose handler is gone")
         else:
+            services = _maintenance(engine, slurm, snap.services, snap.jobs, queue, now, lines)
             probes = probe(probe_targets(snap.jobs, queue), settings.probe_timeout)
             now = clock()
-            obs = Observation(now, snap.services, snap.jobs, queue, info, probes)
+            obs = Observation(now, services, snap.jobs, queue, info, probes)
             plan = plan_tick(obs, prefix)
             new_jobs, port_errors = record_intents(engine, plan, settings, now, snap.dead_requests)
             outcomes = call_slurm(engine, slurm, settings, plan.cancels, new_jobs, deadline - FINAL_WRITES)

@@ -135,6 +135,7 @@ class ServiceView:
     failed_starts: int = 0  # jobs in a row that ended without ever becoming ready
     last_failed_at: float | None = None  # when the newest of those ended
     spec: str | None = None  # fingerprint of what shapes its jobs now (config.job_spec)
+    maintenance_until: float | None = None  # end of the active MAINT reservation it is down for
 
 
 @dataclass(frozen=True)
