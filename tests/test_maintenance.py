@@ -138,3 +138,51 @@ def test_down_for_maintenance_submits_nothing_and_answers_503(
     assert len(fake.live()) == 1
     with engine.connect() as c:
         assert c.execute(text("SELECT maintenance_until FROM service_states")).scalar() is None
+
+
+@pytest.mark.parametrize(
+    ("window", "all_nodes", "walltime", "hold"),
+    [
+        (Window("m", 1100.0, 1200.0, None, True), None, 600, 1200.0),  # Nodes=ALL, walltime reaches it
+        (Window("m", 1100.0, 1200.0, None, True), None, 50, None),  # the job ends before it begins
+        (Window("m", 1100.0, 1200.0, None, True), None, None, None),  # walltime unknown: Slurm decides
+        (Window("m", 1100.0, 1200.0, frozenset({"n1"}), True), frozenset({"n1", "n2"}), 600, None),  # n2 free
+        (Window("m", 1100.0, 1200.0, frozenset({"n1", "n2"}), True), frozenset({"n1", "n2"}), 600, 1200.0),
+        (Window("m", 900.0, 1200.0, None, True), None, 60, 1200.0),  # active now
+        (Window("m", 500.0, 900.0, None, True), None, 600, None),  # over
+    ],
+)
+def test_submit_hold(
+    window: Window, all_nodes: frozenset[str] | None, walltime: int | None, hold: float | None
+) -> None:
+    from saia_ctl.scheduler.maintenance import submit_hold
+
+    assert submit_hold([window], all_nodes, 1000.0, walltime) == hold
+
+
+def test_no_job_submitted_into_an_upcoming_window(
+    home: Path, engine: Any, settings: Settings, import_services: Any
+) -> None:
+    clock = Clock(time.time())
+    sbatch = str(REPO / "tests" / "data" / "scheduler_backend.sbatch")
+    import_services(service_config("svc", sbatch=sbatch, minimum_number_instances=1))
+    with engine.begin() as c:  # an earlier job had a walltime of ten minutes
+        c.execute(
+            text(
+                "INSERT INTO jobs (name, service_id, state, port, secret, submitted_at, ended_at, end_reason,"
+                " walltime_limit, gpus, health_failures) VALUES ('old', 'svc', 'ended', 1, 'x', :t, :t, 'idle',"
+                " 600, 0, 0)"
+            ),
+            {"t": clock() - 3600},
+        )
+    fake = SlurmWithReservations(clock, time_limit=600)
+    fake.reservations = _line("soon", clock() + 120, clock() + 900, "ALL", "MAINT") + "\n"
+    r = run_tick(engine, settings, fake, clock, prober=_healthy, watch=False, hostname="h")
+    assert r.error is None and "would run into a maintenance window" in r.summary, r.summary
+    assert fake.live() == []
+    assert {s["id"]: s for s in json.loads(run_inproc(b"status", home))["services"]}["svc"][
+        "phase"
+    ] == "offline"
+    clock.advance(901)  # the window is over
+    run_tick(engine, settings, fake, clock, prober=_healthy, watch=False, hostname="h")
+    assert len(fake.live()) == 1

@@ -1,13 +1,15 @@
 """Maintenance windows: Slurm reservations with the MAINT flag, read once per tick
 (one ``scontrol show reservation``; ``sinfo`` for the node names only while a
-window is active).
+window on some nodes is announced).
 
 A window puts a service down for maintenance while it is active and covers the
 nodes the service runs on (those of its running jobs; with none, every node of
 the cluster). The tick stores the window's end on the service
 (``service_states.maintenance_until``): the planner submits nothing for it until
 then, the request path answers 503 with ``Retry-After`` set to the end, and
-``status`` shows the phase ``maintenance``.
+``status`` shows the phase ``maintenance``. Before a window: no job is submitted
+whose walltime (that of the service's newest job) would run into a window that
+covers every node of the cluster (``submit_hold``).
 """
 
 from __future__ import annotations
@@ -146,12 +148,36 @@ def service_maintenance(
     return out
 
 
+def submit_hold(
+    windows: Sequence[Window], all_nodes: frozenset[str] | None, now: float, walltime: int | None
+) -> float | None:
+    """The end of the maintenance window a job submitted now would run into on every node
+    of the cluster (its walltime reaches the window's start), or None: submit. Without a
+    known walltime, or with nodes outside the window, Slurm decides (pure)."""
+    if walltime is None:
+        return None
+    ends = [
+        w.end
+        for w in windows
+        if w.end > now
+        and w.start < now + walltime
+        and (w.nodes is None or (all_nodes is not None and all_nodes <= w.nodes))
+    ]
+    return max(ends) if ends else None
+
+
 _READ = text("SELECT service_id, maintenance_until, maintenance_name FROM service_states")
 _WRITE = text(
     "INSERT INTO service_states (service_id, load_avg, target, maintenance_until, maintenance_name)"
     " VALUES (:sid, 0, 0, :until, :name) ON CONFLICT (service_id) DO UPDATE SET"
     " maintenance_until = excluded.maintenance_until, maintenance_name = excluded.maintenance_name"
 )
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    down: dict[str, tuple[float, str]]  # service id -> (end, name) of the window it is down for
+    hold: dict[str, float]  # service id -> no new job before this (the window a job would run into)
 
 
 def record_maintenance(
@@ -161,13 +187,13 @@ def record_maintenance(
     jobs: Sequence[JobView],
     queue: Sequence[SlurmJob],
     now: float,
-) -> dict[str, tuple[float, str]] | None:
-    """Read the windows, store each service's (only the changes); what is stored now,
+) -> Maintenance | None:
+    """Read the windows, store each service's (only the changes); what applies now,
     None when the reservations cannot be read (the stored windows stay)."""
     windows = read_windows(slurm)
     if windows is None:
         return None
-    all_nodes = cluster_nodes(slurm) if any(w.active(now) and w.nodes is not None for w in windows) else None
+    all_nodes = cluster_nodes(slurm) if any(w.nodes is not None and w.end > now for w in windows) else None
     down = service_maintenance(windows, services, jobs, queue, all_nodes, now)
     with write_session(engine) as s:
         stored = {str(r[0]): (r[1], r[2]) for r in s.execute(_READ)}
@@ -178,4 +204,9 @@ def record_maintenance(
                 changes.append({"sid": svc.id, "until": until, "name": name})
         if changes:
             s.execute(_WRITE, changes)
-    return down
+    hold = {}
+    for svc in services:
+        until = submit_hold(windows, all_nodes, now, svc.last_walltime)
+        if until is not None:
+            hold[svc.id] = until
+    return Maintenance(down, hold)

@@ -35,6 +35,8 @@ _SERVICES = text(
            (SELECT r.started_at FROM requests r WHERE r.service_id = s.id
              ORDER BY r.started_at DESC LIMIT 1) AS last_request_at,
            (SELECT max(j.submitted_at) FROM jobs j WHERE j.service_id = s.id) AS last_submit_at,
+           (SELECT j.walltime_limit FROM jobs j WHERE j.service_id = s.id AND j.walltime_limit IS NOT NULL
+             ORDER BY j.id DESC LIMIT 1) AS last_walltime,
            f.n AS failed_starts, f.last AS last_failed_at
     FROM services s LEFT JOIN (
         -- jobs that ended without ever becoming ready since the service's last ready job
@@ -149,6 +151,7 @@ def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
             last_failed_at=r["last_failed_at"],
             spec=r["spec"],
             maintenance_until=r["maintenance_until"],
+            last_walltime=r["last_walltime"],
         )
         for r in service_rows
     ]

@@ -564,6 +564,11 @@ class _Planner:
         if svc.maintenance_until is not None and now < svc.maintenance_until:
             did.append(f"down for maintenance: nothing submitted for {svc.maintenance_until - now:.0f}s")
             return deficit
+        if svc.hold_until is not None and now < svc.hold_until:
+            did.append(
+                f"a new job would run into a maintenance window: none submitted before it ends in {svc.hold_until - now:.0f}s"
+            )
+            return deficit
         failed_starts, last_failed_at = svc.failed_starts, svc.last_failed_at
         for w in self.work_of.get(svc.id, ()):  # failed starts noticed this tick count at once
             never_ready = w.view.ready_at is None and (w.change is None or w.change.ready_at is UNSET)

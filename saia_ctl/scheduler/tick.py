@@ -132,17 +132,21 @@ def _maintenance(
     """The services with the maintenance window each is down for now (Slurm MAINT reservations);
     unreadable: as last stored. A failure never stops the tick."""
     try:
-        down = record_maintenance(engine, slurm, services, jobs, queue, now)
+        found = record_maintenance(engine, slurm, services, jobs, queue, now)
     except Exception as e:
         lines.append(f"maintenance windows not read: {e.__class__.__name__}: {e}")
         return services
-    if down is None:
+    if found is None:
         return services
+    down = found.down
     for sid, (end, name) in sorted(down.items()):
         lines.append(
             f"{sid}: down for maintenance ({name}) until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}"
         )
-    return [replace(s, maintenance_until=down[s.id][0] if s.id in down else None) for s in services]
+    return [
+        replace(s, maintenance_until=down[s.id][0] if s.id in down else None, hold_until=found.hold.get(s.id))
+        for s in services
+    ]
 
 
 def run_tick(

@@ -136,6 +136,8 @@ class ServiceView:
     last_failed_at: float | None = None  # when the newest of those ended
     spec: str | None = None  # fingerprint of what shapes its jobs now (config.job_spec)
     maintenance_until: float | None = None  # end of the active MAINT reservation it is down for
+    last_walltime: int | None = None  # walltime limit of its newest job that had one (seconds)
+    hold_until: float | None = None  # a new job would run into a maintenance window: none before this
 
 
 @dataclass(frozen=True)
