@@ -76,14 +76,15 @@ def record_queue_facts(
     facts = queue_facts(jobs, queue, start_times(slurm, pending))
     if not facts:
         return 0
-    with write_session(engine) as s:
+    with read_session(engine) as s:  # the write lock only when something changed
         stored = {int(r[0]): (r[1], r[2]) for r in s.execute(_READ)}
-        changed = [
-            {"id": jid, "reason": reason, "start": start}
-            for jid, (reason, start) in facts.items()
-            if jid in stored and stored[jid] != (reason, start)
-        ]
-        if changed:
+    changed = [
+        {"id": jid, "reason": reason, "start": start}
+        for jid, (reason, start) in facts.items()
+        if jid in stored and stored[jid] != (reason, start)
+    ]
+    if changed:
+        with write_session(engine) as s:
             s.execute(_UPDATE, changed)
     return len(changed)
 

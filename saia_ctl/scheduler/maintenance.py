@@ -22,7 +22,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
-from ..db import write_session
+from ..db import read_session, write_session
 from ..slurm import SlurmError, SlurmJob, parse_scontrol_fields
 from .views import JobView, ServiceView
 
@@ -195,14 +195,15 @@ def record_maintenance(
         return None
     all_nodes = cluster_nodes(slurm) if any(w.nodes is not None and w.end > now for w in windows) else None
     down = service_maintenance(windows, services, jobs, queue, all_nodes, now)
-    with write_session(engine) as s:
+    with read_session(engine) as s:  # the write lock only when something changed
         stored = {str(r[0]): (r[1], r[2]) for r in s.execute(_READ)}
-        changes = []
-        for svc in services:
-            until, name = down.get(svc.id, (None, None))
-            if stored.get(svc.id, (None, None)) != (until, name):
-                changes.append({"sid": svc.id, "until": until, "name": name})
-        if changes:
+    changes = []
+    for svc in services:
+        until, name = down.get(svc.id, (None, None))
+        if stored.get(svc.id, (None, None)) != (until, name):
+            changes.append({"sid": svc.id, "until": until, "name": name})
+    if changes:
+        with write_session(engine) as s:
             s.execute(_WRITE, changes)
     hold = {}
     for svc in services:
