@@ -296,6 +296,20 @@ def load_config(path: str) -> tuple[list[ServiceConfig], list[str]]:
     return services, warnings
 
 
+def job_spec(sbatch: str) -> str:
+    """Fingerprint of what shapes a service's jobs: its batch script's path and content.
+    A change replaces the service's running jobs rolling (scheduler/plan.py, ``rolling_step``)."""
+    import hashlib
+
+    h = hashlib.sha256(sbatch.encode("utf-8", "surrogateescape") + b"\0")
+    try:
+        with open(sbatch, "rb") as f:
+            h.update(f.read())
+    except OSError:
+        h.update(b"unreadable")
+    return h.hexdigest()[:32]
+
+
 def _columns(cfg: ServiceConfig) -> dict[str, Any]:
     return {
         "name": cfg.name,
@@ -314,6 +328,7 @@ def _columns(cfg: ServiceConfig) -> dict[str, Any]:
         "request_hold_time": cfg.options["request_hold_time"],
         "enabled": True,
         "config_json": json.dumps(cfg.raw, sort_keys=True),
+        "spec": job_spec(cfg.sbatch),
     }
 
 

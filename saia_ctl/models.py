@@ -116,6 +116,11 @@ class Service(Base):
     health_failures: Mapped[int] = mapped_column(Integer)  # failed health checks in a row before replacing
     request_hold_time: Mapped[float] = mapped_column(Float)  # seconds a request waits for a starting job
     enabled: Mapped[bool] = mapped_column(default=True)  # false once dropped from config.json
+    # set by hand (`saia-ctl services ...`), never by config.json: active, draining or disabled
+    admin_state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    spec: Mapped[str | None] = mapped_column(
+        String(64)
+    )  # fingerprint of what shapes its jobs (config.job_spec)
     config_json: Mapped[str] = mapped_column(Text)  # the service's object as imported, unknown keys kept
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -144,6 +149,9 @@ class ServiceState(Base):
     lower_since: Mapped[datetime | None]  # since when the wanted count has been below the live count
     last_busy_at: Mapped[datetime | None]  # last time a request was in flight
     demand_at: Mapped[datetime | None]  # last request that found no ready job (written by the request path)
+    context_length: Mapped[int | None] = mapped_column(Integer)  # learned from the backend's /v1/models
+    maintenance_until: Mapped[datetime | None]  # end of the MAINT reservation it is down for (by the tick)
+    maintenance_name: Mapped[str | None] = mapped_column(String(256))  # that reservation's name
 
 
 class Job(Base):
@@ -178,6 +186,9 @@ class Job(Base):
     slurm_ended_at: Mapped[datetime | None]
     slurm_gpus: Mapped[int | None] = mapped_column(Integer)
     slurm_account: Mapped[str | None] = mapped_column(String(128))
+    slurm_reason: Mapped[str | None] = mapped_column(String(64))  # squeue's reason while pending
+    slurm_start: Mapped[datetime | None]  # Slurm's expected start while pending (squeue --start)
+    spec: Mapped[str | None] = mapped_column(String(64))  # the service's spec when submitted
 
     service: Mapped[Service] = relationship(back_populates="jobs")
 

@@ -496,6 +496,7 @@ def test_end_reasons_keep_their_stored_strings() -> None:
         "IDLE": "idle",
         "DISABLED": "disabled",
         "ROTATED": "rotated",
+        "OUTDATED": "outdated",
         "EXPIRING": "expiring",
         "WALLTIME_ENDING": "walltime-ending",
         "DRAINED": "drained",

@@ -5,6 +5,12 @@ and their live state (ready instances, starting instances, target). Each
 becomes an OpenAI model object plus SAIA's ``name``, ``input``, ``output``
 and ``status``: ``ready`` (a backend answers), ``starting`` (a job is queued or
 loading) or ``offline`` (none).
+
+The live catalogue's fields pass through when the cluster tells them:
+``phase`` (ready, loading, queued with ``reason``, draining, offline,
+maintenance), ``demand`` (the number GWDG's Chat AI frontend reads: up to 1
+low, 3 medium, 5 high, above that very high), ``contextLength`` (a string, as
+that frontend reads it), ``estimated_wait`` and the config's further keys.
 """
 
 from __future__ import annotations
@@ -24,6 +30,36 @@ _STARTING_KEYS = (
 )
 _TARGET_KEYS = ("target", "target_instances")
 _STATES = ("ready", "starting", "offline")
+# Catalogue fields copied from the status answer when present.
+_PASS = (
+    "phase",
+    "admin",
+    "reason",
+    "estimated_wait",
+    "slurm_start",
+    "maintenance",
+    "maintenance_until",
+    "message",
+)
+# Fields of the status answer that are counts or limits, not model facts.
+_INTERNAL = frozenset(
+    {
+        "state",
+        "ready",
+        "starting",
+        "draining",
+        "target",
+        "queued",
+        "loading",
+        "in_flight",
+        "capacity",
+        "minimum_number_instances",
+        "maximum_number_instances",
+        *_READY_KEYS,
+        *_STARTING_KEYS,
+        *_TARGET_KEYS,
+    }
+)
 
 
 class StatusError(ValueError):
@@ -70,7 +106,10 @@ def model_object(info: Mapping[str, Any], created: int) -> dict[str, Any]:
     if state is None:
         state = "ready" if ready else "starting" if starting else "offline"
     raw_created = info.get("created")
+    extra = {k: v for k, v in info.items() if k not in _INTERNAL and k not in _PASS}
+    demand = info.get("demand")
     return {
+        **extra,
         "id": info["id"],
         "object": "model",
         "created": raw_created if isinstance(raw_created, int) else created,
@@ -80,6 +119,9 @@ def model_object(info: Mapping[str, Any], created: int) -> dict[str, Any]:
         "output": info.get("output", ["text"]),
         "status": state,
         "instances": {"ready": ready or 0, "starting": starting or 0, "target": target},
+        "demand": demand if isinstance(demand, (int, float)) and not isinstance(demand, bool) else 0,
+        **{k: info[k] for k in _PASS if info.get(k) is not None},
+        **({"contextLength": str(info["contextLength"])} if info.get("contextLength") is not None else {}),
     }
 
 

@@ -445,13 +445,24 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
         return 1
     try:
         try:
-            hold = store.service_hold_time(conn, req.service_id)
+            gate = store.service_gate(conn, req.service_id)
         except rawdb.Error as e:
             log(f"503 cannot read services: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
             return 1
-        if hold is None:
+        if gate is None:
             _answer_error(stdout, rq, 404, f"service {req.service_id} is not configured")
+            return 1
+        hold, admin = gate
+        if admin != "active":
+            _answer_error(
+                stdout,
+                rq,
+                503,
+                f"the model {req.service_id} is {admin} by its operator; try again later",
+                (),
+                {"service": req.service_id, "state": admin},
+            )
             return 1
         now = time.time()
         rq.bytes_in = len(req.body) if req.body is not None else 0
@@ -473,7 +484,25 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
             return 1
         log.tag = f"id={recorded}"
         try:
-            if not jobs:
+            down = store.maintenance(conn, req.service_id, now) if not jobs else None
+            if down is not None:
+                seconds = max(1, int(down[0] - time.time() + 0.999))
+                until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(down[0]))
+                _answer_error(
+                    stdout,
+                    rq,
+                    503,
+                    f"the model {req.service_id} is down for maintenance until {until}; retry in about {seconds} s",
+                    (("Retry-After", str(seconds)),),
+                    {
+                        "service": req.service_id,
+                        "state": "maintenance",
+                        "retry_after": seconds,
+                        "until": down[0],
+                    },
+                )
+                jobs = []
+            elif not jobs:
                 if previous_demand is None or now - previous_demand >= DEMAND_RESPAWN:
                     from .spawn import spawn_tick  # only without a ready job
 

@@ -85,7 +85,9 @@ LAST_TICK_SQL = "SELECT max(started_at) AS last FROM ticks"
 # For `status`: enabled services with their live jobs per state and last target.
 STATUS_SERVICES_SQL = """
 SELECT s.id, s.name, s.owned_by, s.input, s.output, s.minimum_number_instances,
-       s.maximum_number_instances, coalesce(ss.target, 0) AS target
+       s.maximum_number_instances, coalesce(ss.target, 0) AS target,
+       s.inferences_per_instance, s.config_json, ss.context_length, s.admin_state,
+       ss.maintenance_until, ss.maintenance_name
   FROM services s LEFT JOIN service_states ss ON ss.service_id = s.id
  WHERE s.enabled = 1 ORDER BY s.id
 """
@@ -93,9 +95,47 @@ STATUS_JOBS_SQL = (
     "SELECT service_id, state, count(*) AS n FROM jobs WHERE ended_at IS NULL GROUP BY service_id, state"
 )
 
+# Live jobs not ready yet: what the catalogue tells about a queued or loading service.
+STATUS_WAITING_SQL = (
+    "SELECT service_id, state, slurm_reason, slurm_start, submitted_at, started_at FROM jobs"
+    " WHERE ended_at IS NULL AND state IN ('submitting', 'pending', 'starting') ORDER BY id"
+)
+STATUS_IN_FLIGHT_SQL = (
+    "SELECT service_id, count(*) AS n FROM requests WHERE ended_at IS NULL GROUP BY service_id"
+)
+# A service's recent jobs that became ready: submit-to-ready and start-to-ready.
+STATUS_HISTORY_SQL = (
+    "SELECT ready_at - submitted_at AS to_ready, ready_at - started_at AS to_load FROM jobs"
+    " WHERE service_id = :service AND ready_at IS NOT NULL ORDER BY id DESC LIMIT 10"
+)
+
 # The suffix marks a re-used inference id; '~' is outside the id charset, so a
 # suffixed id can never be a client's.
 DUPLICATE_SEPARATOR = "~"
+
+
+# An enabled service with the state its operator set (active, draining, disabled).
+SERVICE_GATE_SQL = (
+    "SELECT request_hold_time, admin_state FROM services WHERE id = :service_id AND enabled = 1"
+)
+
+
+def service_gate(conn: rawdb.Connection, service_id: str) -> tuple[float, str] | None:
+    """(request hold time, operator's state) of an enabled service; None if unknown or removed."""
+    row = conn.execute(SERVICE_GATE_SQL, {"service_id": service_id}).fetchone()
+    return None if row is None else (float(row["request_hold_time"]), str(row["admin_state"]))
+
+
+MAINTENANCE_SQL = (
+    "SELECT maintenance_until, maintenance_name FROM service_states"
+    " WHERE service_id = :service_id AND maintenance_until > :now"
+)
+
+
+def maintenance(conn: rawdb.Connection, service_id: str, now: float) -> tuple[float, str] | None:
+    """(end, reservation name) of the maintenance window the service is down for now, if any."""
+    row = conn.execute(MAINTENANCE_SQL, {"service_id": service_id, "now": now}).fetchone()
+    return None if row is None else (float(row["maintenance_until"]), str(row["maintenance_name"] or ""))
 
 
 def service_hold_time(conn: rawdb.Connection, service_id: str) -> float | None:
@@ -230,3 +270,18 @@ def status_rows(conn: rawdb.Connection) -> tuple[list[rawdb.Row], list[rawdb.Row
         list(conn.execute(STATUS_SERVICES_SQL).fetchall()),
         list(conn.execute(STATUS_JOBS_SQL).fetchall()),
     )
+
+
+def status_extra(
+    conn: rawdb.Connection,
+) -> tuple[list[rawdb.Row], list[rawdb.Row]]:
+    """(live jobs not ready yet, in-flight requests per service) for the catalogue."""
+    return (
+        list(conn.execute(STATUS_WAITING_SQL).fetchall()),
+        list(conn.execute(STATUS_IN_FLIGHT_SQL).fetchall()),
+    )
+
+
+def status_history(conn: rawdb.Connection, service_id: str) -> list[rawdb.Row]:
+    """The service's last ten jobs that became ready (newest first)."""
+    return list(conn.execute(STATUS_HISTORY_SQL, {"service": service_id}).fetchall())

@@ -95,8 +95,8 @@ def insert_job(
                 result = s.connection().execute(
                     text(
                         "INSERT INTO jobs (name, service_id, state, port, secret, submitted_at, gpus, "
-                        "health_failures, replaces_job_id) VALUES (:name, :sid, :state, :port, :secret, "
-                        ":now, 0, 0, :rep)"
+                        "health_failures, replaces_job_id, spec) VALUES (:name, :sid, :state, :port, :secret, "
+                        ":now, 0, 0, :rep, (SELECT spec FROM services WHERE id = :sid))"
                     ),
                     {
                         "name": f"{prefix}_new_{uuid.uuid4().hex}",

@@ -28,13 +28,15 @@ MAX_JOB_INFO = 20
 
 _SERVICES = text(
     """
-    SELECT s.id, s.enabled, s.sbatch, s.inferences_per_instance, s.minimum_number_instances,
+    SELECT s.id, (s.enabled = 1 AND s.admin_state = 'active') AS enabled, s.sbatch, s.inferences_per_instance, s.minimum_number_instances,
            s.maximum_number_instances, s.job_expiry_time, s.ready_timeout, s.idle_timeout,
-           s.scale_down_cooldown, s.health_failures,
-           st.load_avg, st.sampled_at, st.lower_since, st.last_busy_at, st.demand_at,
+           s.scale_down_cooldown, s.health_failures, s.spec,
+           st.maintenance_until, st.load_avg, st.sampled_at, st.lower_since, st.last_busy_at, st.demand_at,
            (SELECT r.started_at FROM requests r WHERE r.service_id = s.id
              ORDER BY r.started_at DESC LIMIT 1) AS last_request_at,
            (SELECT max(j.submitted_at) FROM jobs j WHERE j.service_id = s.id) AS last_submit_at,
+           (SELECT j.walltime_limit FROM jobs j WHERE j.service_id = s.id AND j.walltime_limit IS NOT NULL
+             ORDER BY j.id DESC LIMIT 1) AS last_walltime,
            f.n AS failed_starts, f.last AS last_failed_at
     FROM services s LEFT JOIN (
         -- jobs that ended without ever becoming ready since the service's last ready job
@@ -53,7 +55,7 @@ _SERVICES = text(
 _JOBS = text(
     """
     SELECT id, name, service_id, slurm_job_id, state, node, port, submitted_at, started_at, ready_at,
-           draining_at, walltime_limit, health_failures, end_reason, replaces_job_id, gpus
+           draining_at, walltime_limit, health_failures, end_reason, replaces_job_id, gpus, spec
     FROM jobs WHERE ended_at IS NULL ORDER BY id
     """
 )
@@ -147,6 +149,9 @@ def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
             waiting=waiting[r["id"]],
             failed_starts=int(r["failed_starts"] or 0),
             last_failed_at=r["last_failed_at"],
+            spec=r["spec"],
+            maintenance_until=r["maintenance_until"],
+            last_walltime=r["last_walltime"],
         )
         for r in service_rows
     ]
@@ -169,6 +174,7 @@ def read_snapshot(engine: Engine, now: float, hostname: str) -> Snapshot:
             replaces_job_id=r["replaces_job_id"],
             gpus=int(r["gpus"] or 0),
             in_flight=per_job[r["id"]],
+            spec=r["spec"],
         )
         for r in job_rows
     ]

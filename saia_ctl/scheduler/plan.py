@@ -30,6 +30,7 @@ is routed to it, so nothing waits for it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +215,34 @@ def wanted_count(
     return Wanted(wanted, start_reason, idle_to_zero, tuple(notes))
 
 
+@dataclass(frozen=True)
+class RollingStep:
+    """A rolling replacement after the service's batch script changed (``rolling_step``)."""
+
+    replace: frozenset[int]  # ready jobs of the old spec that leave the count: each gets a replacement
+    cancel: tuple[int, ...]  # jobs of the old spec not serving yet: drained now, submitted anew
+
+
+def rolling_step(spec: str | None, jobs: Sequence[tuple[int, str, str | None, int | None]]) -> RollingStep:
+    """Which jobs of an older spec to replace now: ``jobs`` are the service's live jobs as
+    (id, state, spec, replaces_job_id).
+
+    One ready job at a time: the one whose replacement is on its way, else the oldest.
+    It stays ready (and routed to) until its replacement is ready, then drains
+    (``rotate``), so the service never has fewer ready jobs than before. Jobs of the
+    old spec that serve nothing yet (pending or loading) are drained at once and
+    submitted anew. A job with no spec (submitted before fingerprints) counts as current.
+    """
+    if spec is None:
+        return RollingStep(frozenset(), ())
+    old = [j for j in jobs if j[2] is not None and j[2] != spec]
+    cancel = tuple(j[0] for j in old if j[1] in (_PENDING, _STARTING))
+    ready = sorted(j[0] for j in old if j[1] == _READY)
+    replaced = {j[3] for j in jobs if j[3] is not None and j[1] in _COUNTED and j[0] not in cancel}
+    in_flight = [i for i in ready if i in replaced]
+    return RollingStep(frozenset(in_flight or ready[:1]), cancel)
+
+
 def seconds_to_wait(failed_starts: int, last_failed_at: float | None, now: float) -> float:
     """Back-off left before the next submission (<= 0: none) after failed starts in a row."""
     if failed_starts and last_failed_at is not None:
@@ -317,6 +346,7 @@ class _Planner:
             for j in obs.jobs
         ]
         self.services = {s.id: s for s in obs.services}
+        self.rolling: set[int] = set()  # ready jobs being replaced after a change of the batch script
 
     def act(self, action: Action) -> None:
         self.plan.actions.append(action)
@@ -475,11 +505,12 @@ class _Planner:
         last_busy = last_busy_at(svc, now)
         base = target_from_load(avg, svc.inferences_per_instance, svc.minimum, svc.maximum)
         live = [w for w in jobs if not w.doomed]
+        did = self.roll(svc, live) if svc.enabled else []
         counted = [w for w in live if w.state in _COUNTED and not self.expiring(svc, w)]
         latest_ready = max((w.view.ready_at or 0.0 for w in jobs), default=0.0)
         wanted = wanted_count(svc, base, len(counted), latest_ready, last_busy, now)
 
-        did = self.rotate(live)
+        did += self.rotate(live)
         deficit = wanted.count - len(counted)
         if deficit >= 0:
             lower_since = None  # enough jobs, or too few: no cool-down runs
@@ -498,10 +529,27 @@ class _Planner:
         states = [w.state for w in jobs if not w.ended]
         self.plan.summary.append(summary_line(svc, wanted, avg, states, did))
 
+    def roll(self, svc: ServiceView, live: list[_Work]) -> list[str]:
+        """Rolling replacement after a change of the batch script (``rolling_step``)."""
+        step = rolling_step(svc.spec, [(w.id, w.state, w.view.spec, w.view.replaces_job_id) for w in live])
+        did = []
+        for w in live:
+            if w.id in step.cancel:
+                self.drain(w, EndReason.OUTDATED)
+        if step.cancel:
+            did.append(f"batch script changed: {len(step.cancel)} job(s) not serving yet submitted anew")
+        self.rolling |= step.replace
+        if step.replace:
+            did.append(f"batch script changed: replacing job {min(step.replace)} rolling")
+        return did
+
     def expiring(self, svc: ServiceView, w: _Work, ready_only: bool = True) -> bool:
-        """Ready (or, with ``ready_only=False``, any) and within job_expiry_time of its walltime end."""
+        """Ready (or, with ``ready_only=False``, any) and within job_expiry_time of its walltime end,
+        or being replaced rolling after its service's batch script changed."""
         if ready_only and w.state != _READY:
             return False
+        if w.id in self.rolling and w.state == _READY:
+            return True
         left = remaining_walltime(w, self.now)
         return left is not None and left < svc.job_expiry_time
 
@@ -543,6 +591,14 @@ class _Planner:
                     did.append(f"revived job {w.id}")
                     deficit -= 1
         if deficit <= 0:
+            return deficit
+        if svc.maintenance_until is not None and now < svc.maintenance_until:
+            did.append(f"down for maintenance: nothing submitted for {svc.maintenance_until - now:.0f}s")
+            return deficit
+        if svc.hold_until is not None and now < svc.hold_until:
+            did.append(
+                f"a new job would run into a maintenance window: none submitted before it ends in {svc.hold_until - now:.0f}s"
+            )
             return deficit
         failed_starts, last_failed_at = svc.failed_starts, svc.last_failed_at
         for w in self.work_of.get(svc.id, ()):  # failed starts noticed this tick count at once

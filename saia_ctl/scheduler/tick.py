@@ -8,21 +8,23 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Engine
 
 from ..settings import Settings
-from ..slurm import SlurmClient, SlurmError
+from ..slurm import SlurmClient, SlurmError, SlurmJob
 from .apply import call_slurm, record_intents, record_outcomes
+from .catalogue import learn_context_lengths, record_queue_facts
 from .lease import begin_tick, new_holder, release_lease, renew_lease
+from .maintenance import record_maintenance
 from .names import name_prefix
 from .observe import probe_targets, read_slurm, read_snapshot
 from .plan import plan_tick
 from .probes import Prober, probe_all
 from .records import fill_late, late_rows, read_records
 from .ticklog import finish_tick
-from .views import Action, EndReason, Observation, Plan
+from .views import Action, EndReason, JobView, Observation, Plan, ServiceView
 from .watch import watch_waiting
 
 # Time kept back from the tick's bound for the final writes.
@@ -132,6 +134,54 @@ def _refresh_gpu_figures(engine: Engine, settings: Settings, now: float) -> list
     return []
 
 
+def _catalogue(
+    engine: Engine,
+    settings: Settings,
+    slurm: SlurmClient,
+    jobs: list[JobView],
+    queue: list[SlurmJob],
+    ask_backends: bool,
+) -> list[str]:
+    """Pending reasons, expected starts and (when the tick talks to real backends) context
+    lengths for `status`; a failure never stops the tick."""
+    try:
+        record_queue_facts(engine, slurm, jobs, queue)
+        if ask_backends:
+            learn_context_lengths(engine, settings.probe_timeout)
+    except Exception as e:
+        return [f"catalogue not updated: {e.__class__.__name__}: {e}"]
+    return []
+
+
+def _maintenance(
+    engine: Engine,
+    slurm: SlurmClient,
+    services: list[ServiceView],
+    jobs: list[JobView],
+    queue: list[SlurmJob],
+    now: float,
+    lines: list[str],
+) -> list[ServiceView]:
+    """The services with the maintenance window each is down for now (Slurm MAINT reservations);
+    unreadable: as last stored. A failure never stops the tick."""
+    try:
+        found = record_maintenance(engine, slurm, services, jobs, queue, now)
+    except Exception as e:
+        lines.append(f"maintenance windows not read: {e.__class__.__name__}: {e}")
+        return services
+    if found is None:
+        return services
+    down = found.down
+    for sid, (end, name) in sorted(down.items()):
+        lines.append(
+            f"{sid}: down for maintenance ({name}) until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}"
+        )
+    return [
+        replace(s, maintenance_until=down[s.id][0] if s.id in down else None, hold_until=found.hold.get(s.id))
+        for s in services
+    ]
+
+
 def run_tick(
     engine: Engine,
     settings: Settings,
@@ -172,16 +222,18 @@ def run_tick(
         else:
             late = late_rows(engine, now)
             records, records_note = read_records(slurm, snap.jobs, queue, late)
+            services = _maintenance(engine, slurm, snap.services, snap.jobs, queue, now, lines)
             probes = probe(probe_targets(snap.jobs, queue), settings.probe_timeout)
             now = clock()
-            obs = Observation(now, snap.services, snap.jobs, queue, info, probes, records)
+            obs = Observation(now, services, snap.jobs, queue, info, probes, records)
             plan = plan_tick(obs, prefix)
             new_jobs, port_errors = record_intents(engine, plan, settings, now, snap.dead_requests)
             outcomes = call_slurm(engine, slurm, settings, plan.cancels, new_jobs, deadline - FINAL_WRITES)
             done = record_outcomes(engine, outcomes, clock())
             fill_late(engine, late, records)
+            lines += _catalogue(engine, settings, slurm, snap.jobs, queue, prober is None)
             actions = plan.actions + done
-            lines = _describe(plan, len(snap.dead_requests), done) + port_errors
+            lines = _describe(plan, len(snap.dead_requests), done) + port_errors + lines
             if records_note:
                 lines.append(records_note)
             if port_errors:

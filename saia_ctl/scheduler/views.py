@@ -43,7 +43,8 @@ class EndReason(enum.StrEnum):
     SCALE_DOWN = "scale-down"  # a ready job more than the target wants, after the cool-down
     IDLE = "idle"  # no request for idle_timeout: the service scales to zero
     DISABLED = "disabled"  # its service was disabled
-    ROTATED = "rotated"  # its replacement became ready (walltime rotation)
+    ROTATED = "rotated"  # its replacement became ready (walltime rotation, or a changed batch script)
+    OUTDATED = "outdated"  # not serving yet, and its service's batch script changed: submitted anew
     EXPIRING = "expiring"  # near its walltime end, and no replacement is needed
     WALLTIME_ENDING = "walltime-ending"  # ready but within DRAIN_BEFORE_END of its walltime end
     DRAINED = "drained"  # draining without a recorded reason (set by hand or an old version)
@@ -113,7 +114,7 @@ class ServiceView:
     """A service, its remembered scheduler state and its load right now."""
 
     id: str
-    enabled: bool
+    enabled: bool  # in config.json and not drained or disabled by hand (`saia-ctl services`)
     sbatch: str
     inferences_per_instance: int
     minimum: int
@@ -134,6 +135,10 @@ class ServiceView:
     waiting: int = 0  # ... of which have no backend yet (job_id NULL)
     failed_starts: int = 0  # jobs in a row that ended without ever becoming ready
     last_failed_at: float | None = None  # when the newest of those ended
+    spec: str | None = None  # fingerprint of what shapes its jobs now (config.job_spec)
+    maintenance_until: float | None = None  # end of the active MAINT reservation it is down for
+    last_walltime: int | None = None  # walltime limit of its newest job that had one (seconds)
+    hold_until: float | None = None  # a new job would run into a maintenance window: none before this
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class JobView:
     replaces_job_id: int | None = None
     gpus: int = 0  # as last recorded from Slurm
     in_flight: int = 0
+    spec: str | None = None  # its service's spec when it was submitted (None: before fingerprints)
 
 
 @dataclass(frozen=True)
