@@ -57,6 +57,7 @@ from .forward import (
     write_all,
 )
 from .log import Log
+from .records import RECORDS, Records, choose
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,16 +97,6 @@ def install_signal_handlers() -> None:
 
 
 # --- requests --------------------------------------------------------------
-
-
-def _choose(jobs: list[rawdb.Row]) -> list[rawdb.Row]:
-    """Candidates in order of preference: the least in flight first, ties at random."""
-    if len(jobs) < 2:
-        return jobs
-    least = min(j["in_flight"] for j in jobs)
-    best = [j for j in jobs if j["in_flight"] == least]
-    first = best[int.from_bytes(os.urandom(4), "little") % len(best)]
-    return [first] + [j for j in jobs if j is not first]
 
 
 def retry_after(conn: rawdb.Connection, service_id: str, now: float) -> tuple[int, str]:
@@ -319,7 +310,14 @@ def _deliver(
         rq.outcome = "ok" if answer.status < 400 else "error"
 
 
-def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdout: int, log: Log) -> int:
+def handle_request(
+    req: wire.ParsedRequest,
+    settings: Settings,
+    stdin: int,
+    stdout: int,
+    log: Log,
+    records: Records = RECORDS,
+) -> int:
     global _closing
     rq = Request()
     try:
@@ -343,23 +341,7 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
         now = time.time()
         rq.bytes_in = len(req.body) if req.body is not None else 0
         try:
-            with rawdb.immediate(conn):
-                jobs = _choose(store.ready_jobs(conn, req.service_id))
-                rq.job_id = jobs[0]["id"] if jobs else None
-                rq.row, recorded = store.record_start(
-                    conn,
-                    inference_id=req.inference_id,
-                    user_id=req.user_id,
-                    service_id=req.service_id,
-                    job_id=rq.job_id,
-                    method=req.method,
-                    path=req.path,
-                    started_at=now,
-                    handler_host=_socket.gethostname(),
-                    handler_pid=os.getpid(),
-                    bytes_in=rq.bytes_in,
-                )
-                previous_demand = store.record_demand(conn, req.service_id, now) if not jobs else None
+            rq.row, recorded, jobs, previous_demand = records.start(conn, req, rq.bytes_in, now)
         except rawdb.Error as e:
             rq.row = None
             log(f"503 cannot record the request {req.inference_id}: {e}")
@@ -372,7 +354,7 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
                     from .spawn import spawn_tick  # only without a ready job
 
                     spawn_tick(settings, False, log)
-                jobs = _choose(_hold(conn, settings, req.service_id, hold, stdout, log)) if hold > 0 else []
+                jobs = choose(_hold(conn, settings, req.service_id, hold, stdout, log)) if hold > 0 else []
                 if not jobs:
                     seconds, phase = retry_after(conn, req.service_id, time.time())
                     what = {
@@ -408,13 +390,13 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
                 pass
         _closing = True
         release_stdout(stdout)  # the client has its whole answer; the bookkeeping is ours
-        _finish(conn, rq, log)
+        _finish(conn, rq, log, records)
         return 0 if rq.outcome == "ok" else 1
     finally:
         conn.close()
 
 
-def _finish(conn: rawdb.Connection, rq: Request, log: Log) -> None:
+def _finish(conn: rawdb.Connection, rq: Request, log: Log, records: Records) -> None:
     if rq.row is None:
         return
     tokens_in, tokens_out = find_usage(rq.delivery.tail) if rq.delivery.tail else (None, None)
@@ -431,8 +413,7 @@ def _finish(conn: rawdb.Connection, rq: Request, log: Log) -> None:
         "error": rq.error,
     }
     try:
-        with rawdb.immediate(conn):
-            store.record_end(conn, rq.row, **record)  # type: ignore[arg-type]
+        records.end(conn, rq.row, record)
     except rawdb.Error as e:
         import json
 
@@ -470,6 +451,10 @@ def run(command: bytes, *, stdin: int = 0, stdout: int = 1, environ: dict[str, s
             else:
                 write_all(stdout, wire.error_response(503, "the request path is misconfigured"))
             return 1
+        if parsed == "tunnel":
+            from . import tunnel  # many requests over this one session (wire protocol section 7)
+
+            return tunnel.serve(settings, stdin, stdout, log, handle_request)
         if parsed == "keep-alive" or parsed == "status":
             from . import control  # not needed by requests: not imported before them
 
