@@ -321,16 +321,14 @@ def handle_request(
     global _closing
     rq = Request()
     try:
-        conn = rawdb.connect(
-            settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout
-        )
+        conn = records.open(settings)
     except rawdb.DatabaseUnavailable as e:
         log(f"503 {e}")
         _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
         return 1
     try:
         try:
-            hold = store.service_hold_time(conn, req.service_id)
+            hold = records.hold_time(conn, req.service_id)
         except rawdb.Error as e:
             log(f"503 cannot read services: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
@@ -350,6 +348,12 @@ def handle_request(
         log.tag = f"id={recorded}"
         try:
             if not jobs:
+                if conn is None:  # the tunnel's streams read and write through its batcher
+                    conn = rawdb.connect(
+                        settings.db_path,
+                        journal_mode=settings.journal_mode,
+                        busy_timeout=settings.busy_timeout,
+                    )
                 if previous_demand is None or now - previous_demand >= DEMAND_RESPAWN:
                     from .spawn import spawn_tick  # only without a ready job
 
@@ -393,10 +397,11 @@ def handle_request(
         _finish(conn, rq, log, records)
         return 0 if rq.outcome == "ok" else 1
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
-def _finish(conn: rawdb.Connection, rq: Request, log: Log, records: Records) -> None:
+def _finish(conn: rawdb.Connection | None, rq: Request, log: Log, records: Records) -> None:
     if rq.row is None:
         return
     tokens_in, tokens_out = find_usage(rq.delivery.tail) if rq.delivery.tail else (None, None)

@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..settings import Settings
     from .wire import ParsedRequest
 
 
@@ -58,15 +59,29 @@ class Records:
     """How request rows are written: here each in a transaction of its own (one
     request per process); the tunnel groups those of concurrent requests."""
 
+    def open(self, settings: Settings) -> rawdb.Connection | None:
+        """The request's own connection (DatabaseUnavailable if there is none); None:
+        every read and write goes through ``hold_time``/``start``/``end``."""
+        return rawdb.connect(
+            settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout
+        )
+
+    def hold_time(self, conn: rawdb.Connection | None, service_id: str) -> float | None:
+        """The service's hold time; None: unknown or disabled (``store.service_hold_time``)."""
+        assert conn is not None
+        return store.service_hold_time(conn, service_id)
+
     def start(
-        self, conn: rawdb.Connection, req: ParsedRequest, bytes_in: int, now: float
+        self, conn: rawdb.Connection | None, req: ParsedRequest, bytes_in: int, now: float
     ) -> tuple[int, str, list[rawdb.Row], float | None]:
         """``start_row`` in a write transaction; rawdb.Error if it cannot be written."""
+        assert conn is not None
         with rawdb.immediate(conn):
             return start_row(conn, req, bytes_in, now)
 
-    def end(self, conn: rawdb.Connection, row: int, record: dict[str, Any]) -> None:
+    def end(self, conn: rawdb.Connection | None, row: int, record: dict[str, Any]) -> None:
         """Close the row; rawdb.Error if it cannot be written."""
+        assert conn is not None
         with rawdb.immediate(conn):
             store.record_end(conn, row, **record)  # type: ignore[arg-type]
 

@@ -28,7 +28,7 @@ import threading
 import time
 
 from .. import rawdb
-from . import records, wire
+from . import records, store, wire
 from . import tunnel_frames as tf
 from .forward import ClientGone, write_all
 from .log import Log
@@ -47,6 +47,7 @@ _signal = __import__("_signal")
 
 MAX_STREAMS = 4096  # streams open at once in one session
 _RECV = 65536
+HOLD_CACHE = 1.0  # seconds a service's hold time (and whether it is enabled) is reused
 SHUTDOWN_WAIT = 30.0  # seconds the handlers get to close their rows when the session ends
 
 
@@ -67,23 +68,43 @@ class Batcher(records.Records):
         self._stopping = False
         self._conn: rawdb.Connection | None = None
         self.transactions = 0  # how many were written (tests see the grouping)
+        self._holds: dict[str, tuple[float | None, float]] = {}
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
 
+    def open(self, settings: Settings) -> rawdb.Connection | None:
+        return None  # streams need no connection of their own: fewer readers, fewer lock waits
+
+    def hold_time(self, conn: rawdb.Connection | None, service_id: str) -> float | None:
+        """Read by the writer thread, kept for ``HOLD_CACHE`` seconds (a service
+        enabled or disabled is seen that much later)."""
+        now = time.monotonic()
+        cached = self._holds.get(service_id)
+        if cached is not None and now - cached[1] < HOLD_CACHE:
+            return cached[0]
+        value: float | None = self._submit(_Item("hold", (service_id,)))  # type: ignore[assignment]
+        self._holds[service_id] = (value, now)
+        return value
+
     def start(
-        self, conn: rawdb.Connection, req: wire.ParsedRequest, bytes_in: int, now: float
+        self, conn: rawdb.Connection | None, req: wire.ParsedRequest, bytes_in: int, now: float
     ) -> tuple[int, str, list[rawdb.Row], float | None]:
         return self._submit(_Item("start", (req, bytes_in, now)))  # type: ignore[return-value]
 
-    def end(self, conn: rawdb.Connection, row: int, record: dict[str, Any]) -> None:
-        self._submit(_Item("end", (row, record)))
+    def end(self, conn: rawdb.Connection | None, row: int, record: dict[str, Any]) -> None:
+        """Queued, not waited for: the answer is complete, and its stream's end need not
+        wait for a commit. A row that cannot be closed is logged with its record, as
+        the per-request path does, and ``stop`` writes what is queued before exit."""
+        self._submit(_Item("end", (row, record)), wait=False)
 
-    def _submit(self, item: _Item) -> object:
+    def _submit(self, item: _Item, wait: bool = True) -> object:
         with self._cond:
-            if self._stopping:
+            if self._stopping and wait:
                 raise rawdb.Error("the tunnel is shutting down")
             self._queue.append(item)
             self._cond.notify_all()
+        if not wait:
+            return None
         item.done.wait()
         if item.error is not None:
             raise item.error
@@ -120,6 +141,11 @@ class Batcher(records.Records):
                 else:
                     self._write_alone(items[0])
             for item in items:
+                if item.kind == "end" and item.error is not None:
+                    import json
+
+                    row, record = item.args
+                    self.log(f"cannot close request row {row}: {item.error}; record: {json.dumps(record)}")
                 item.done.set()
         if self._conn is not None:
             self._conn.close()
@@ -156,12 +182,13 @@ class _Item:
 
 
 def _apply(conn: rawdb.Connection, item: _Item) -> object:
+    if item.kind == "hold":
+        (service_id,) = item.args
+        return store.service_hold_time(conn, service_id)  # type: ignore[arg-type]
     if item.kind == "start":
         req, bytes_in, now = item.args
         return records.start_row(conn, req, bytes_in, now)  # type: ignore[arg-type]
     row, record = item.args
-    from . import store
-
     store.record_end(conn, row, **record)  # type: ignore[arg-type]
     return None
 
