@@ -140,6 +140,7 @@ class TunnelConn:
         self.dead = False
         self.draining = False
         self._next_id = 0
+        self._out: list[bytes] = []  # frames of this turn of the event loop
         self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -184,14 +185,26 @@ class TunnelConn:
         return stream
 
     def send(self, frame: bytes) -> None:
+        """Queue a frame; the frames of one turn of the event loop go out in one write."""
+        if self.dead or self.sess is None or self.sess.stdin is None:
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        data = b"".join(self._out)
+        self._out.clear()
         if self.dead or self.sess is None or self.sess.stdin is None:
             return
         with contextlib.suppress(OSError, RuntimeError):
-            self.sess.stdin.write(frame)
+            self.sess.stdin.write(data)
 
     async def drain(self) -> None:
         if self.dead or self.sess is None or self.sess.stdin is None:
             raise BrokenPipeError()
+        if self._out:
+            self._flush()
         await self.sess.stdin.drain()
 
     async def _read_main(self, decoder: tf.Decoder, frames: list[tuple[int, int, bytes]]) -> None:
@@ -237,6 +250,7 @@ class TunnelConn:
         """No new streams; close the session once its last stream ended (EOF on its stdin)."""
         self.draining = True
         if not self.streams and self.sess is not None and self.sess.stdin is not None and not self.dead:
+            self._flush()
             with contextlib.suppress(OSError, RuntimeError):
                 self.sess.stdin.close()
 
@@ -245,6 +259,7 @@ class TunnelConn:
         records the requests still running as aborted and exits; killed after ``grace``."""
         self.draining = True
         if self.sess is not None and self.sess.stdin is not None and not self.dead:
+            self._flush()
             with contextlib.suppress(OSError, RuntimeError):
                 self.sess.stdin.close()
         if self.sess is not None and await self.sess.wait(grace) is None:

@@ -233,6 +233,8 @@ class Tunnel:
         self.last_opened = 0
         self.dead = False
         self._out_lock = threading.Lock()
+        self._out: list[bytes] = []  # frames waiting to be written
+        self._writing = False  # a thread is writing them
         self._streams_lock = threading.Lock()
         self.handle = handle
         self.batcher = Batcher(settings, log) if settings is not None and serve is None else None
@@ -247,12 +249,25 @@ class Tunnel:
 
     # -- sending -----------------------------------------------------------------
     def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
+        """Queue a frame; the first sender writes what is queued, so frames sent
+        meanwhile by other threads go out together in one write (fewer SSH packets)."""
         if self.dead:
             return
-        frame = tf.encode(kind, stream, payload)
         with self._out_lock:
+            self._out.append(tf.encode(kind, stream, payload))
+            if self._writing:
+                return
+            self._writing = True
+        while True:
+            with self._out_lock:
+                if not self._out or self.dead:
+                    self._out.clear()
+                    self._writing = False
+                    return
+                data = b"".join(self._out)
+                self._out.clear()
             try:
-                write_all(self.stdout, frame)
+                write_all(self.stdout, data)
             except ClientGone:
                 self.dead = True
 
