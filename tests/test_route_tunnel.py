@@ -242,6 +242,29 @@ def test_a_cancel_aborts_one_stream_only(
     assert outcome == {"c-1": "aborted", "c-2": "ok"}
 
 
+def test_a_start_row_that_cannot_be_written_is_a_503_and_nothing_is_served(
+    svc: Path, home: Path, settings: Settings, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from saia_ctl.request_path import records
+
+    add_ready_job(home, "svc", backend.port)
+
+    def full(*args: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(records, "start_row", full)
+    s = Session(settings, home)
+    s.send(tf.OPEN, 1, command("full-1", "u", "svc", "/echo", headers=JSON, body=b"{}"))
+    s.collect({1})
+    assert parse_http(bytes(s.answers[1])).status == 503
+    assert s.done[1] == b"error"
+    s.close()
+    s.thread.join(30)
+    assert backend.received == [] and rows(svc) == []
+
+
 def test_the_word_through_cloud_interface(svc: Path, home: Path, backend: FakeBackend) -> None:
     add_ready_job(home, "svc", backend.port)
     frames = tf.encode(tf.OPEN, 5, command("sh-1", "u", "svc", "/echo", headers=JSON, body=b'{"a": 1}'))
