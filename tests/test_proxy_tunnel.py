@@ -228,6 +228,46 @@ def test_a_session_that_dies_records_its_requests_aborted_and_is_reopened(
         assert p.tunnels is not None and p.tunnels.opened == 2
 
 
+def test_sessions_hung_up_under_load_leave_no_row_open(
+    fakes: Fakes, home: Path, real_login: FakeBackend
+) -> None:
+    """A short soak: sessions hung up on every 0.3 s while 8 clients keep asking."""
+    stop = threading.Event()
+    answered: list[str] = []
+    failed: list[str] = []
+
+    def ask(base: str, k: int) -> None:
+        c = client(base)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                c.chat.completions.create(
+                    model="svc", messages=[{"role": "user", "content": "x"}], extra_body={"token_delay": 0.02}
+                )
+                answered.append(f"{k}-{i}")
+            except openai.APIError as e:
+                failed.append(type(e).__name__)
+
+    with proxy(fakes, tunnel_sessions=2) as (p, base):
+        workers = [threading.Thread(target=ask, args=(base, k), daemon=True) for k in range(8)]
+        for w in workers:
+            w.start()
+        for _ in range(10):
+            time.sleep(0.3)
+            for pid in _tunnel_pids(home):
+                os.kill(pid, signal.SIGHUP)
+        stop.set()
+        for w in workers:
+            w.join(60)
+        assert p.tunnels is not None and p.tunnels.opened > 2  # sessions were reopened
+    wait_until(lambda: not _tunnel_pids(home), 20, "every tunnel process to exit")
+    recorded = rows(home / "saia.db")
+    assert answered and len(recorded) >= len(answered)
+    assert [r for r in recorded if r["ended_at"] is None] == []  # no row left open
+    assert {r["outcome"] for r in recorded} <= {"ok", "aborted"}
+
+
 def test_a_login_node_without_the_word_gets_one_session_per_request(fakes: Fakes) -> None:
     with proxy(fakes) as (p, base):
         c = client(base)

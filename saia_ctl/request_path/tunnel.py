@@ -294,6 +294,8 @@ class Tunnel:
                 for kind, sid, payload in frames:
                     self.dispatch(kind, sid, payload)
         finally:
+            global _session_ending
+            _session_ending = True  # a signal now must not interrupt the shutdown (see _on_signal)
             self.shutdown()
         return rc
 
@@ -492,13 +494,22 @@ class _Stop(Exception):
     pass
 
 
+_session_ending = False
+
+
 def _on_signal(signum: int, _frame: object) -> None:
-    raise _Stop(signum)
+    """The first signal ends the session; later ones must not interrupt its shutdown."""
+    global _session_ending
+    if not _session_ending:
+        _session_ending = True
+        raise _Stop(signum)
 
 
 def serve(settings: Settings, stdin: int, stdout: int, log: Log, handle: Handle) -> int:
     """The ``tunnel`` control word: serve frames until the session ends; ``handle``
     is the per-request handler (``handler.handle_request``)."""
+    global _session_ending
+    _session_ending = False
     for name in ("SIGHUP", "SIGINT", "SIGTERM"):
         _signal.signal(getattr(_signal, name), _on_signal)
     log.tag = "tunnel"
@@ -507,3 +518,5 @@ def serve(settings: Settings, stdin: int, stdout: int, log: Log, handle: Handle)
         return tunnel.run()
     except _Stop:
         return 1
+    finally:
+        _session_ending = True  # a signal during what follows (closing stdout) changes nothing
