@@ -182,7 +182,11 @@ def test_thousand_concurrent_streams_arrive_intact_with_grouped_rows(
     svc: Path, home: Path, settings: Settings, backend: FakeBackend
 ) -> None:
     add_ready_job(home, "svc", backend.port)
-    s = Session(settings, home)
+    # 1,000 connections at once to a backend that accepts 128 at a time: on a loaded
+    # machine some SYNs are retried after 1 and 3 s; the default 5 s would make them 504s.
+    conf = home / "saia.conf"
+    conf.write_text(conf.read_text() + "SAIA_CONNECT_TIMEOUT=60\n")
+    s = Session(Settings(environ={"SAIA_HOME": str(home)}), home)
     n = 1000
     for i in range(1, n + 1):  # every stream opened before any body: all in flight together
         s.send(tf.OPEN, i, command(f"many-{i}", "u", "svc", "/echo", headers=JSON, body=None))
