@@ -12,7 +12,8 @@ p95, and CPU per request of the serving processes (backend; for the chain
 also the proxy, its ssh masters, sshd and the tunnel processes), read from
 /proc before and after (``utime+stime`` and reaped children's). The
 clients' own CPU is left out of both. ``--per-request`` adds the chain
-without the tunnel (one SSH session per request) for comparison.
+without the tunnel (one SSH session per request) for comparison;
+``--verbose`` shows the CPU per kind of process and the slowest requests.
 
 Goals (issue 15): throughput ≥ 50 % of direct; CPU ≤ 3 ms per request;
 latency overhead ≤ +8 ms median, ≤ +15 ms p95.
@@ -102,11 +103,15 @@ class CpuMeter:
         after = _procs()
         keys = _ours(after, self.roots, self.marker) | _ours(self.before, self.roots, self.marker)
         total = 0.0
+        self.by_command: dict[str, float] = {}
         for k in keys:
             end = after.get(k)
             start = self.before.get(k)
             if end is not None:
-                total += end[1] - (start[1] if start else 0.0)
+                used = end[1] - (start[1] if start else 0.0)
+                total += used
+                what = " ".join(end[2].split()[:2])[:60]
+                self.by_command[what] = self.by_command.get(what, 0.0) + used
         return total
 
 
@@ -266,6 +271,11 @@ def measure(
     wall, lat = load(port, headers, args.clients, per_client)
     n = len(lat)
     cpu = meter.seconds()
+    if args.verbose:
+        for what, used in sorted(meter.by_command.items(), key=lambda x: -x[1])[:8]:
+            print(f"    {used / n * 1000:6.2f} ms/request  {what}", file=sys.stderr)
+        slow = sorted(lat)[-5:]
+        print(f"    slowest: {', '.join(f'{x * 1000:.0f}' for x in slow)} ms", file=sys.stderr)
     out = {
         "rate": n / wall,
         "median_ms": median(lat) * 1000,
@@ -288,6 +298,7 @@ def main() -> None:
         "--per-request", action="store_true", help="also the chain with one SSH session per request"
     )
     ap.add_argument("--json", action="store_true", help="print the figures as JSON last (bench/run)")
+    ap.add_argument("--verbose", action="store_true", help="CPU per request of each kind of process")
     args = ap.parse_args()
 
     from tests.support.cluster import cluster_at, cluster_running
