@@ -15,7 +15,7 @@ MAX_HEADERS = 100  # -H arguments of one request
 MAX_HEADER_LEN = 8192  # one "name: value" (bytes)
 MAX_METHOD_LEN = 16
 
-CONTROL_WORDS = ("keep-alive", "status")  # section 1
+CONTROL_WORDS = ("keep-alive", "status", "tunnel")  # sections 1 and 7
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Words of line 5 that start an option; anything else belongs to a header or the method.
 ARG_WORDS = ("-H", "-X", "-d")

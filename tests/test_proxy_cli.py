@@ -85,6 +85,8 @@ def test_options_come_from_the_one_declaration(monkeypatch: pytest.MonkeyPatch) 
         "control_dir": "/c",
         "pool_size": 3,
         "max_sessions": 7,
+        "tunnel_sessions": 2,
+        "tunnel_max_age": 90.5,
         "keepalive_interval": 2.5,
         "connect_timeout": 4.5,
         "timeout": 30.5,

@@ -53,6 +53,14 @@ class ProxyConfig:
     max_sessions: int = option(
         10, "Sessions per master (sshd MaxSessions); beyond them a request gets its own connection."
     )
+    tunnel_sessions: int = option(
+        0,
+        "Long-lived SSH sessions running the 'tunnel' command that carry every request "
+        "(0: one SSH session per request).",
+    )
+    tunnel_max_age: float = option(
+        3600.0, "Seconds after which a tunnel session is replaced (the new one opens first)."
+    )
     keepalive_interval: float = option(5.0, "Seconds between keep-alive commands.")
     connect_timeout: float = option(10.0, "SSH connect timeout, seconds.")
     timeout: float = option(
@@ -85,7 +93,9 @@ class ProxyConfig:
             raise ProxyConfigError(f"{flag('pool_size')} must be 1-64, not {self.pool_size}")
         if self.max_sessions < 1:
             raise ProxyConfigError(f"{flag('max_sessions')} must be at least 1")
-        for name in ("keepalive_interval", "connect_timeout", "timeout", "control_timeout"):
+        if not 0 <= self.tunnel_sessions <= 64:
+            raise ProxyConfigError(f"{flag('tunnel_sessions')} must be 0-64, not {self.tunnel_sessions}")
+        for name in ("keepalive_interval", "connect_timeout", "timeout", "control_timeout", "tunnel_max_age"):
             if not getattr(self, name) > 0:
                 raise ProxyConfigError(f"{flag(name)} must be positive")
         if not self.models_ttl >= 0:

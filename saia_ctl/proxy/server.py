@@ -31,6 +31,7 @@ from .keepalive import KeepAlive
 from .model_list import StatusError, models_from_status
 from .sse import UsageStripper
 from .ssh import SSH_FAILED, Session, SSHError, SSHPool
+from .tunnel import Tunnels, TunnelStream
 
 log = logging.getLogger("saia_ctl.proxy")
 
@@ -106,6 +107,7 @@ class Proxy:
         self.pool = SSHPool(cfg)
         self.keepalive = KeepAlive(self.pool, cfg.keepalive_interval)
         self.models = ModelsCache(self.pool, cfg.models_ttl)
+        self.tunnels = Tunnels(self.pool, cfg) if cfg.tunnel_sessions else None
         self._keepalive_task: asyncio.Task[None] | None = None
         self.app = web.Application(client_max_size=cfg.max_body, middlewares=[self._errors])
         self.app.router.add_get("/healthz", self.healthz)
@@ -129,6 +131,8 @@ class Proxy:
             self._keepalive_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive_task
+        if self.tunnels is not None:
+            await self.tunnels.close()
         await self.pool.close()
 
     @web.middleware
@@ -171,6 +175,7 @@ class Proxy:
         body = {
             "status": "ok" if ka["ok"] is not False else "degraded",
             "ssh": {**ka, "slots": self.pool.snapshot(), "direct_sessions": self.pool.direct_sessions},
+            **({"tunnels": self.tunnels.snapshot()} if self.tunnels is not None else {}),
         }
         return web.json_response(body)
 
@@ -238,7 +243,11 @@ class Proxy:
         iid = command.split("\n", 1)[0]
         where = f"inference={iid} user={user} service={service} {request.method} {path}"
         try:
-            sess = await self.pool.start(command, stdin=True)
+            sess: Session | TunnelStream | None = None
+            if self.tunnels is not None:
+                sess = await self.tunnels.stream(command)
+            if sess is None:
+                sess = await self.pool.start(command, stdin=True)
         except SSHError as e:
             log.error("ssh failed: %s: %s", where, e)
             raise _Refused(502, f"cannot reach the cluster: {e}", "bad_gateway") from None
@@ -247,7 +256,7 @@ class Proxy:
     async def _exchange(
         self,
         request: web.Request,
-        sess: Session,
+        sess: Session | TunnelStream,
         body: bytes | None,
         strip_usage: bool,
         where: str,
@@ -295,6 +304,11 @@ class Proxy:
                     break
                 if not data:
                     outcome = "ok"
+                    if isinstance(sess, TunnelStream) and sess.outcome in (None, "aborted"):
+                        outcome = "cut"  # the tunnel session died under it: no clean end
+                        log.error("%s: %s; answer cut", where, sess.error or "the tunnel stream was aborted")
+                        if request.transport is not None:
+                            request.transport.close()
                     break
             if stripper is not None:
                 tail = stripper.flush()
@@ -327,10 +341,14 @@ class Proxy:
                 sent,
                 f"{first * 1000:.0f}ms" if first is not None else "-",
                 (time.monotonic() - t0) * 1000,
-                sess.slot.index if sess.slot is not None else "direct",
+                f"tunnel:{sess.id}"
+                if isinstance(sess, TunnelStream)
+                else (sess.slot.index if sess.slot is not None else "direct"),
             )
 
-    async def _feed(self, sess: Session, request: web.Request, body: bytes | None, sent: list[int]) -> None:
+    async def _feed(
+        self, sess: Session | TunnelStream, request: web.Request, body: bytes | None, sent: list[int]
+    ) -> None:
         """The request body to ssh's stdin, then EOF (the cluster reads until end of file)."""
         w = sess.stdin
         if w is None:
@@ -350,7 +368,7 @@ class Proxy:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the cluster answered without reading it all (e.g. a 400)
 
-    async def _read_head(self, sess: Session) -> tuple[protocol.ResponseHead, bytes]:
+    async def _read_head(self, sess: Session | TunnelStream) -> tuple[protocol.ResponseHead, bytes]:
         buf = b""
         try:
             async with asyncio.timeout(self.cfg.timeout):

@@ -57,6 +57,7 @@ from .forward import (
     write_all,
 )
 from .log import Log
+from .records import RECORDS, Records, choose
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,16 +98,6 @@ def install_signal_handlers() -> None:
 
 
 # --- requests --------------------------------------------------------------
-
-
-def _choose(jobs: list[rawdb.Row]) -> list[rawdb.Row]:
-    """Candidates in order of preference: the least in flight first, ties at random."""
-    if len(jobs) < 2:
-        return jobs
-    least = min(j["in_flight"] for j in jobs)
-    best = [j for j in jobs if j["in_flight"] == least]
-    first = best[int.from_bytes(os.urandom(4), "little") % len(best)]
-    return [first] + [j for j in jobs if j is not first]
 
 
 def retry_after(conn: rawdb.Connection, service_id: str, now: float) -> tuple[int, str]:
@@ -326,78 +317,6 @@ def _deliver(
         rq.outcome = "ok" if answer.status < 400 else "error"
 
 
-def _record_start(
-    conn: rawdb.Connection, req: wire.ParsedRequest, rq: Request, now: float
-) -> tuple[list[rawdb.Row], str, float | None]:
-    """Pick the candidate jobs and insert the request row (and the demand if no job is ready)."""
-    jobs = _choose(store.ready_jobs(conn, req.service_id))
-    rq.job_id = jobs[0]["id"] if jobs else None
-    rq.row, recorded = store.record_start(
-        conn,
-        inference_id=req.inference_id,
-        user_id=req.user_id,
-        service_id=req.service_id,
-        job_id=rq.job_id,
-        method=req.method,
-        path=req.path,
-        started_at=now,
-        handler_host=_socket.gethostname(),
-        handler_pid=os.getpid(),
-        bytes_in=rq.bytes_in,
-    )
-    previous_demand = store.record_demand(conn, req.service_id, now) if not jobs else None
-    return jobs, recorded, previous_demand
-
-
-def _admit(
-    conn: rawdb.Connection, settings: Settings, req: wire.ParsedRequest, rq: Request, now: float
-) -> bytes | None:
-    """Decide on the request's limits (``admission.py``); a refused request is recorded
-    here (status 429, or 503 if a figure is missing; nothing consumed) and its answer returned."""
-    from . import admission
-
-    d = admission.admit(conn, req.user_id, req.service_id, now, settings.raw("SAIA_ACCOUNTING_TZ"))
-    rq.admission = d
-    if d.refused is None:
-        return None
-    message = d.message()
-    extra: dict[str, object] = {
-        "limit": d.refused.kind,
-        "subject": d.refused.subject,
-        "retry_after": d.retry_after,
-    }
-    if d.refused.service_id:
-        extra["service"] = d.refused.service_id
-    data = wire.error_response(d.status, message, tuple(d.headers), extra)
-    rq.status, rq.error = d.status, message
-    row, _recorded = store.record_start(
-        conn,
-        inference_id=req.inference_id,
-        user_id=req.user_id,
-        service_id=req.service_id,
-        job_id=None,
-        method=req.method,
-        path=req.path,
-        started_at=now,
-        handler_host=_socket.gethostname(),
-        handler_pid=os.getpid(),
-        bytes_in=rq.bytes_in,
-    )
-    store.record_end(
-        conn,
-        row,
-        job_id=None,
-        first_byte_at=None,
-        ended_at=now,
-        status=d.status,
-        outcome="error",
-        bytes_in=rq.bytes_in,
-        bytes_out=len(data) - data.index(b"\r\n\r\n") - 4,
-        error=message,
-    )
-    return data
-
-
 USAGE_PATH = "/v1/usage"
 
 
@@ -430,22 +349,27 @@ def answer_usage(req: wire.ParsedRequest, settings: Settings, stdout: int, log: 
     return 0
 
 
-def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdout: int, log: Log) -> int:
+def handle_request(
+    req: wire.ParsedRequest,
+    settings: Settings,
+    stdin: int,
+    stdout: int,
+    log: Log,
+    records: Records = RECORDS,
+) -> int:
     global _closing
     if req.method == "GET" and req.path.partition("?")[0] == USAGE_PATH:
         return answer_usage(req, settings, stdout, log)
     rq = Request()
     try:
-        conn = rawdb.connect(
-            settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout
-        )
+        conn = records.open(settings)
     except rawdb.DatabaseUnavailable as e:
         log(f"503 {e}")
         _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
         return 1
     try:
         try:
-            gate = store.service_gate(conn, req.service_id)
+            gate = records.gate(conn, req.service_id)
         except rawdb.Error as e:
             log(f"503 cannot read services: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
@@ -466,25 +390,31 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
             return 1
         now = time.time()
         rq.bytes_in = len(req.body) if req.body is not None else 0
-        refusal: bytes | None = None
         try:
-            with rawdb.immediate(conn):
-                if store.any_limits(conn):  # admission in the transaction that records the request
-                    refusal = _admit(conn, settings, req, rq, now)
-                if refusal is None:
-                    jobs, recorded, previous_demand = _record_start(conn, req, rq, now)
+            start = records.start(conn, req, rq.bytes_in, now, settings.raw("SAIA_ACCOUNTING_TZ"))
         except rawdb.Error as e:
             rq.row = None
             log(f"503 cannot record the request {req.inference_id}: {e}")
             _answer_error(stdout, rq, 503, "the accounting database is unavailable; try again later")
             return 1
-        if refusal is not None:
-            log(f"{rq.status} {req.inference_id}: {rq.error}")
-            write_all(stdout, refusal)
+        rq.admission = start.admission
+        if start.refusal is not None:  # refused by a limit, and recorded so: nothing to forward
+            assert start.admission is not None
+            log(f"{start.admission.status} {req.inference_id}: {start.admission.message()}")
+            write_all(stdout, start.refusal)
             return 1
+        rq.row, recorded, jobs, previous_demand = start.row, start.recorded, start.jobs, start.previous_demand
+        rq.job_id = jobs[0]["id"] if jobs else None
         log.tag = f"id={recorded}"
         try:
-            down = store.maintenance(conn, req.service_id, now) if not jobs else None
+            if not jobs and conn is None:  # the tunnel's streams read and write through its batcher
+                conn = rawdb.connect(
+                    settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout
+                )
+            down = None
+            if not jobs:
+                assert conn is not None
+                down = store.maintenance(conn, req.service_id, now)
             if down is not None:
                 seconds = max(1, int(down[0] - time.time() + 0.999))
                 until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(down[0]))
@@ -503,11 +433,12 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
                 )
                 jobs = []
             elif not jobs:
+                assert conn is not None
                 if previous_demand is None or now - previous_demand >= DEMAND_RESPAWN:
                     from .spawn import spawn_tick  # only without a ready job
 
                     spawn_tick(settings, False, log)
-                jobs = _choose(_hold(conn, settings, req.service_id, hold, stdout, log)) if hold > 0 else []
+                jobs = choose(_hold(conn, settings, req.service_id, hold, stdout, log)) if hold > 0 else []
                 if not jobs:
                     seconds, phase = retry_after(conn, req.service_id, time.time())
                     what = {
@@ -543,13 +474,14 @@ def handle_request(req: wire.ParsedRequest, settings: Settings, stdin: int, stdo
                 pass
         _closing = True
         release_stdout(stdout)  # the client has its whole answer; the bookkeeping is ours
-        _finish(conn, rq, log)
+        _finish(conn, rq, log, records)
         return 0 if rq.outcome == "ok" else 1
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
-def _finish(conn: rawdb.Connection, rq: Request, log: Log) -> None:
+def _finish(conn: rawdb.Connection | None, rq: Request, log: Log, records: Records) -> None:
     if rq.row is None:
         return
     tokens_in, tokens_out = find_usage(rq.delivery.tail) if rq.delivery.tail else (None, None)
@@ -566,12 +498,7 @@ def _finish(conn: rawdb.Connection, rq: Request, log: Log) -> None:
         "error": rq.error,
     }
     try:
-        with rawdb.immediate(conn):
-            store.record_end(conn, rq.row, **record)  # type: ignore[arg-type]
-            if rq.admission is not None and (tokens_in or tokens_out):
-                from .admission import add_tokens
-
-                add_tokens(conn, rq.admission, (tokens_in or 0) + (tokens_out or 0))
+        records.end(conn, rq.row, record, rq.admission)
     except rawdb.Error as e:
         import json
 
@@ -609,6 +536,10 @@ def run(command: bytes, *, stdin: int = 0, stdout: int = 1, environ: dict[str, s
             else:
                 write_all(stdout, wire.error_response(503, "the request path is misconfigured"))
             return 1
+        if parsed == "tunnel":
+            from . import tunnel  # many requests over this one session (wire protocol section 7)
+
+            return tunnel.serve(settings, stdin, stdout, log, handle_request)
         if parsed == "keep-alive" or parsed == "status":
             from . import control  # not needed by requests: not imported before them
 

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 # An enabled service: what a request needs before anything is written.
-SERVICE_SQL = "SELECT request_hold_time FROM services WHERE id = :service_id AND enabled = 1"
 
 # Ready jobs of a service with their in-flight requests (uses the partial
 # index ix_requests_in_flight); the least loaded first. A job whose walltime
@@ -136,12 +135,6 @@ def maintenance(conn: rawdb.Connection, service_id: str, now: float) -> tuple[fl
     """(end, reservation name) of the maintenance window the service is down for now, if any."""
     row = conn.execute(MAINTENANCE_SQL, {"service_id": service_id, "now": now}).fetchone()
     return None if row is None else (float(row["maintenance_until"]), str(row["maintenance_name"] or ""))
-
-
-def service_hold_time(conn: rawdb.Connection, service_id: str) -> float | None:
-    """The request hold time of an enabled service; None if unknown or disabled."""
-    row = conn.execute(SERVICE_SQL, {"service_id": service_id}).fetchone()
-    return None if row is None else float(row["request_hold_time"])
 
 
 def ready_jobs(conn: rawdb.Connection, service_id: str) -> list[rawdb.Row]:

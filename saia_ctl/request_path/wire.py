@@ -216,7 +216,7 @@ def parse_command(raw: bytes) -> ParsedRequest | str:
     if word in CONTROL_WORDS:
         return word.decode("ascii")
     if b"\n" not in raw:
-        raise WireError(400, "not a control command (keep-alive, status) nor a request of 4+ lines")
+        raise WireError(400, "not a control command (keep-alive, status, tunnel) nor a request of 4+ lines")
     lines = raw.split(b"\n")
     if len(lines) < 4:
         raise WireError(400, "a request needs at least 4 lines: inference id, user id, service id, path")

@@ -1,0 +1,326 @@
+"""Tunnel mode (``--tunnel-sessions N``): a few long-lived SSH sessions running the
+``tunnel`` control word carry every request as a stream of frames
+(``docs/wire-protocol.md`` section 7, codec in ``request_path.tunnel_frames``).
+
+A ``TunnelStream`` looks like an ``ssh.Session`` to the server (``stdout.read``,
+``stdin.write/drain/close``, ``kill``, ``close``), so the exchange code is the
+same for both transports. Sessions are opened on demand through the pool's
+masters, replaced after ``tunnel_max_age`` seconds (the new one first; the old
+one takes no new streams and ends when its last stream does), and reopened
+when they die (their streams end as an SSH failure would end them). A login
+node that answers the word with anything but the greeting (an older
+installation: a 400) puts the proxy back on one session per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from ..request_path import tunnel_frames as tf
+from .config import ProxyConfig
+from .ssh import SSH_FAILED, Session, SSHError, SSHPool
+
+log = logging.getLogger("saia_ctl.proxy")
+
+UNSUPPORTED_RETRY = 300.0  # seconds before asking a login node that did not know `tunnel` again
+_RECV = 256 * 1024
+
+
+class TunnelUnsupported(Exception):
+    """The login node does not know the ``tunnel`` word."""
+
+
+class _Writer:
+    """The stream's request body, as BODY frames and an END."""
+
+    def __init__(self, stream: TunnelStream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        if self.stream.ended:
+            raise BrokenPipeError()
+        for frame in tf.pieces(tf.BODY, self.stream.id, data):
+            self.stream.conn.send(frame)
+
+    async def drain(self) -> None:
+        await self.stream.conn.drain()
+
+    def close(self) -> None:
+        if not self.stream.ended:
+            self.stream.conn.send(tf.encode(tf.END, self.stream.id))
+
+
+class TunnelStream:
+    """One request over a tunnel session (the interface of ``ssh.Session`` the server uses)."""
+
+    slot = None
+
+    def __init__(self, conn: TunnelConn, stream_id: int) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.got_output = False
+        self.ended = False
+        self.outcome: str | None = None  # DONE's payload; None while running or when the session died
+        self.error = ""
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._rest = b""
+        self.stdin = _Writer(self)
+
+    @property
+    def stdout(self) -> TunnelStream:
+        return self
+
+    async def read(self, n: int = -1) -> bytes:
+        """The next piece of the answer; b"" once the stream ended."""
+        if not self._rest:
+            item = await self._queue.get()
+            if item is None:
+                self._queue.put_nowait(None)
+                return b""
+            self._rest = item
+        if n < 0 or n >= len(self._rest):
+            data, self._rest = self._rest, b""
+        else:
+            data, self._rest = self._rest[:n], self._rest[n:]
+        return data
+
+    def _data(self, payload: bytes) -> None:
+        if payload:
+            self._queue.put_nowait(payload)
+
+    def _end(self, outcome: str | None, error: str = "") -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.outcome = outcome
+        self.error = error
+        self._queue.put_nowait(None)
+        self.conn.streams.pop(self.id, None)
+        self.conn.stream_ended()
+
+    def kill(self) -> None:
+        """The client went away: CANCEL the stream (the login node records it aborted)."""
+        if not self.ended:
+            self.conn.send(tf.encode(tf.CANCEL, self.id))
+            self._end("aborted")
+
+    async def wait(self, timeout: float = 5.0) -> int | None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self.ended:
+                    await self.read()
+        return self.returncode()
+
+    def returncode(self) -> int | None:
+        if not self.ended:
+            return None
+        if self.outcome is None:
+            return SSH_FAILED  # the session died under it
+        return 0 if self.outcome == "ok" else 1
+
+    async def close(self) -> int | None:
+        return self.returncode()
+
+    def stderr_text(self) -> str:
+        return self.error
+
+
+class TunnelConn:
+    """One SSH session running ``tunnel``."""
+
+    def __init__(self, pool: SSHPool, cfg: ProxyConfig) -> None:
+        self.pool = pool
+        self.cfg = cfg
+        self.sess: Session | None = None
+        self.streams: dict[int, TunnelStream] = {}
+        self.started = time.monotonic()
+        self.dead = False
+        self.draining = False
+        self._next_id = 0
+        self._out: list[bytes] = []  # frames of this turn of the event loop
+        self._reader: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Start the session and read its greeting; TunnelUnsupported or SSHError if there is none."""
+        self.sess = await self.pool.start("tunnel", stdin=True)
+        decoder = tf.Decoder(tf.TO_PROXY)
+        data = b""
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout + self.cfg.control_timeout):
+                while len(data) < tf.HEADER + len(tf.GREETING):
+                    chunk = await self.sess.stdout.read(_RECV)
+                    if not chunk:
+                        break
+                    data += chunk
+        except TimeoutError:
+            self._kill()
+            raise SSHError("the tunnel session sent no greeting in time") from None
+        if not data.startswith(tf.encode(tf.HELLO, 0, tf.GREETING)):
+            self._kill()
+            rc = await self.sess.close()
+            if rc == SSH_FAILED and not data:
+                raise SSHError(f"the tunnel session failed: {self.sess.stderr_text() or 'no output'}")
+            raise TunnelUnsupported(data[:80].decode("utf-8", "replace").split("\r\n")[0])
+        self.sess.got_output = True
+        self.started = time.monotonic()
+        frames = decoder.feed(data)[1:]
+        self._reader = asyncio.create_task(self._read_main(decoder, frames))
+
+    def _kill(self) -> None:
+        if self.sess is not None:
+            self.sess.kill()
+
+    @property
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def open_stream(self, command: bytes) -> TunnelStream:
+        self._next_id += 1
+        stream = TunnelStream(self, self._next_id)
+        self.streams[stream.id] = stream
+        self.send(tf.encode(tf.OPEN, stream.id, command))
+        return stream
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; the frames of one turn of the event loop go out in one write."""
+        if self.dead or self.sess is None or self.sess.stdin is None:
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        data = b"".join(self._out)
+        self._out.clear()
+        if self.dead or self.sess is None or self.sess.stdin is None:
+            return
+        with contextlib.suppress(OSError, RuntimeError):
+            self.sess.stdin.write(data)
+
+    async def drain(self) -> None:
+        if self.dead or self.sess is None or self.sess.stdin is None:
+            raise BrokenPipeError()
+        if self._out:
+            self._flush()
+        await self.sess.stdin.drain()
+
+    async def _read_main(self, decoder: tf.Decoder, frames: list[tuple[int, int, bytes]]) -> None:
+        assert self.sess is not None
+        why = "the tunnel session ended"
+        try:
+            while True:
+                for kind, sid, payload in frames:
+                    stream = self.streams.get(sid)
+                    if kind == tf.DATA:
+                        if stream is not None:
+                            stream.got_output = True
+                            stream._data(payload)
+                    elif kind == tf.DONE:
+                        if stream is not None:
+                            stream._end(payload.decode("ascii", "replace"))
+                    elif kind == tf.ERROR:
+                        text = payload.decode("utf-8", "replace")
+                        if sid == 0:
+                            log.error("tunnel session broken by the login node: %s", text)
+                            return
+                        if stream is not None:
+                            stream._end(None, f"tunnel stream refused: {text}")
+                data = await self.sess.stdout.read(_RECV)
+                if not data:
+                    return
+                frames = decoder.feed(data)
+        except tf.FrameError as e:
+            why = f"the tunnel session sent a broken frame: {e}"
+            log.error("%s", why)
+        finally:
+            self.dead = True
+            for stream in list(self.streams.values()):
+                stream._end(None, why)
+            self._kill()
+            await self.sess.close()
+
+    def stream_ended(self) -> None:
+        if self.draining and not self.streams:
+            self.retire()
+
+    def retire(self) -> None:
+        """No new streams; close the session once its last stream ended (EOF on its stdin)."""
+        self.draining = True
+        if not self.streams and self.sess is not None and self.sess.stdin is not None and not self.dead:
+            self._flush()
+            with contextlib.suppress(OSError, RuntimeError):
+                self.sess.stdin.close()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """The proxy is exiting: end of file on the session's stdin, so the login node
+        records the requests still running as aborted and exits; killed after ``grace``."""
+        self.draining = True
+        if self.sess is not None and self.sess.stdin is not None and not self.dead:
+            self._flush()
+            with contextlib.suppress(OSError, RuntimeError):
+                self.sess.stdin.close()
+        if self.sess is not None and await self.sess.wait(grace) is None:
+            self._kill()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+class Tunnels:
+    """The proxy's tunnel sessions: choose one for a request, replace old and dead ones."""
+
+    def __init__(self, pool: SSHPool, cfg: ProxyConfig) -> None:
+        self.pool = pool
+        self.cfg = cfg
+        self.conns: list[TunnelConn] = []
+        self.unsupported_until = 0.0
+        self.opened = 0
+        self._lock = asyncio.Lock()
+
+    async def stream(self, command: str) -> TunnelStream | None:
+        """A new stream for ``command``; None: use a per-request session instead."""
+        if time.monotonic() < self.unsupported_until:
+            return None
+        conn = await self._choose()
+        return None if conn is None else conn.open_stream(command.encode("utf-8"))
+
+    async def _choose(self) -> TunnelConn | None:
+        async with self._lock:
+            self.conns = [c for c in self.conns if not (c.dead or (c.draining and not c.streams))]
+            live = [c for c in self.conns if not c.draining]
+            old = [c for c in live if c.age >= self.cfg.tunnel_max_age]
+            live = [c for c in live if c.age < self.cfg.tunnel_max_age]
+            while len(live) < self.cfg.tunnel_sessions:  # new sessions first, then retire the old
+                conn = TunnelConn(self.pool, self.cfg)
+                try:
+                    await conn.open()
+                except TunnelUnsupported as e:
+                    log.warning("the login node does not know 'tunnel' (%s): one session per request", e)
+                    self.unsupported_until = time.monotonic() + UNSUPPORTED_RETRY
+                    return None
+                except SSHError as e:
+                    log.warning("cannot open a tunnel session: %s", e)
+                    break
+                self.opened += 1
+                self.conns.append(conn)
+                live.append(conn)
+            if old and live:
+                for conn in old:
+                    conn.retire()
+            elif old:
+                live = old  # no replacement could be opened: keep using the old ones
+            if not live:
+                return None
+            return min(live, key=lambda c: len(c.streams))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self.conns), return_exceptions=True)
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [
+            {"age": round(c.age, 1), "streams": len(c.streams), "draining": c.draining, "dead": c.dead}
+            for c in self.conns
+        ]

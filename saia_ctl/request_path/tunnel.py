@@ -1,0 +1,525 @@
+"""The ``tunnel`` control word (``docs/wire-protocol.md`` section 7): one process
+per SSH session serving many requests at once, framed by ``tunnel_frames``.
+
+One implementation, two transports: every stream runs the per-request
+handler (``handler.handle_request``, passed in: validation, routing, forwarding,
+recording) in a thread of its own, with a pipe as its stdin (fed by BODY
+frames, closed by END) and one end of a socketpair as its stdout (read by
+the pump thread, which turns it into DATA frames). What the handler answers
+is therefore byte for byte what a per-request session would print.
+
+The rows are written by ``Batcher``: the start rows of requests that arrive
+while a transaction is running are written together in the next one (group
+commit), still before anything is forwarded; ends likewise. A row that cannot
+be written is the same 503 as on the per-request path.
+
+When the session ends (stdin reaches end of file, the SSH channel breaks, a
+malformed frame, a signal) every stream still running sees its client go
+away (its socketpair is closed): it is recorded ``aborted`` by its own
+handler, and the process exits once they are all closed.
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import select
+import threading
+import time
+
+from .. import rawdb
+from . import records, store, wire
+from . import tunnel_frames as tf
+from .forward import ClientGone, write_all
+from .log import Log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from ..settings import Settings
+    from .admission import Decision
+
+    # handler.handle_request, passed in (the handler imports this module)
+    Handle = Callable[[wire.ParsedRequest, Settings, int, int, Log, records.Records], int]
+
+_signal = __import__("_signal")
+
+MAX_STREAMS = 4096  # streams open at once in one session
+_RECV = 65536
+HOLD_CACHE = 1.0  # seconds a service's hold time (and whether it is enabled) is reused
+SHUTDOWN_WAIT = 30.0  # seconds the handlers get to close their rows when the session ends
+
+
+class Batcher(records.Records):
+    """Writes the rows of concurrent requests in shared transactions (group commit).
+
+    A caller's ``start``/``end`` waits for the transaction that carries it; the
+    writer thread takes everything queued, writes it in one ``BEGIN IMMEDIATE``
+    and wakes the callers. Should the group fail, each item is retried in a
+    transaction of its own, so one bad row never costs the others theirs.
+    """
+
+    def __init__(self, settings: Settings, log: Log) -> None:
+        self.settings = settings
+        self.log = log
+        self._cond = threading.Condition()
+        self._queue: list[_Item] = []
+        self._stopping = False
+        self._conn: rawdb.Connection | None = None
+        self.transactions = 0  # how many were written (tests see the grouping)
+        self._gates: dict[str, tuple[tuple[float, str] | None, float]] = {}
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    def open(self, settings: Settings) -> rawdb.Connection | None:
+        return None  # streams need no connection of their own: fewer readers, fewer lock waits
+
+    def gate(self, conn: rawdb.Connection | None, service_id: str) -> tuple[float, str] | None:
+        """Read by the writer thread, kept for ``HOLD_CACHE`` seconds (a service
+        enabled, disabled or drained is seen that much later)."""
+        now = time.monotonic()
+        cached = self._gates.get(service_id)
+        if cached is not None and now - cached[1] < HOLD_CACHE:
+            return cached[0]
+        value: tuple[float, str] | None = self._submit(_Item("gate", (service_id,)))  # type: ignore[assignment]
+        self._gates[service_id] = (value, now)
+        return value
+
+    def start(
+        self, conn: rawdb.Connection | None, req: wire.ParsedRequest, bytes_in: int, now: float, tz: str
+    ) -> records.Start:
+        return self._submit(_Item("start", (req, bytes_in, now, tz)))  # type: ignore[return-value]
+
+    def end(
+        self, conn: rawdb.Connection | None, row: int, record: dict[str, Any], admission: Decision | None
+    ) -> None:
+        """Queued, not waited for: the answer is complete, and its stream's end need not
+        wait for a commit. A row that cannot be closed is logged with its record, as
+        the per-request path does, and ``stop`` writes what is queued before exit."""
+        self._submit(_Item("end", (row, record, admission)), wait=False)
+
+    def _submit(self, item: _Item, wait: bool = True) -> object:
+        with self._cond:
+            if self._stopping and wait:
+                raise rawdb.Error("the tunnel is shutting down")
+            self._queue.append(item)
+            self._cond.notify_all()
+        if not wait:
+            return None
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _connection(self) -> rawdb.Connection:
+        if self._conn is None:
+            s = self.settings
+            self._conn = rawdb.connect(s.db_path, journal_mode=s.journal_mode, busy_timeout=s.busy_timeout)
+        return self._conn
+
+    def _write(self, items: list[_Item]) -> None:
+        conn = self._connection()
+        with rawdb.immediate(conn):
+            results = [_apply(conn, item) for item in items]
+        self.transactions += 1
+        for item, result in zip(items, results, strict=True):
+            item.result = result
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    break
+                items, self._queue = self._queue, []
+            try:
+                self._write(items)
+            except Exception:
+                if len(items) > 1:
+                    for item in items:
+                        self._write_alone(item)
+                else:
+                    self._write_alone(items[0])
+            for item in items:
+                if item.kind == "end" and item.error is not None:
+                    import json
+
+                    row, record, _admission = item.args
+                    self.log(f"cannot close request row {row}: {item.error}; record: {json.dumps(record)}")
+                item.done.set()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _write_alone(self, item: _Item) -> None:
+        try:
+            self._write([item])
+            item.error = None
+        except rawdb.DatabaseUnavailable as e:
+            self._conn = None
+            item.error = rawdb.Error(str(e))
+        except rawdb.Error as e:
+            item.error = e
+        except Exception as e:  # a bug: the caller treats it as one
+            item.error = e
+
+    def stop(self) -> None:
+        """Write what is queued, then end the writer thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+class _Item:
+    __slots__ = ("args", "done", "error", "kind", "result")
+
+    def __init__(self, kind: str, args: tuple[object, ...]) -> None:
+        self.kind = kind
+        self.args = args
+        self.done = threading.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+
+def _apply(conn: rawdb.Connection, item: _Item) -> object:
+    if item.kind == "gate":
+        (service_id,) = item.args
+        return store.service_gate(conn, service_id)  # type: ignore[arg-type]
+    if item.kind == "start":
+        req, bytes_in, now, tz = item.args
+        return records.start_row(conn, req, bytes_in, now, tz)  # type: ignore[arg-type]
+    row, record, admission = item.args
+    records.end_row(conn, row, record, admission)  # type: ignore[arg-type]
+    return None
+
+
+class Stream:
+    """One request of the session: the handler's thread and its two descriptors."""
+
+    __slots__ = ("body_w", "cancelled", "handler_rc", "id", "lock", "out_done", "out_r", "thread")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.body_w: int | None = None  # write end of the handler's stdin
+        self.out_r: _socket.socket | None = None  # the tunnel's end of the handler's stdout
+        self.thread: threading.Thread | None = None
+        self.handler_rc: int | None = None
+        self.out_done = False
+        self.cancelled = False
+        self.lock = threading.Lock()
+
+
+class Tunnel:
+    """One session: reads frames from ``stdin``, runs streams, writes frames to ``stdout``.
+
+    ``serve`` runs a validated request (tests replace it); by default it is the
+    per-request handler with this session's ``Batcher``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None,
+        log: Log,
+        stdin: int,
+        stdout: int,
+        serve: object = None,
+        handle: Handle | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.stdin = stdin
+        self.stdout = stdout
+        self.streams: dict[int, Stream] = {}
+        self.last_opened = 0
+        self.dead = False
+        self._out_lock = threading.Lock()
+        self._out: list[bytes] = []  # frames waiting to be written
+        self._writing = False  # a thread is writing them
+        self._streams_lock = threading.Lock()
+        self.handle = handle
+        self.batcher = Batcher(settings, log) if settings is not None and serve is None else None
+        self._serve = serve if serve is not None else self._handle
+        self._poller = select.epoll()
+        self._by_fd: dict[int, Stream] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        self._poller.register(self._wake_r, select.EPOLLIN)
+        self._pump = threading.Thread(target=self._pump_main, name="pump", daemon=True)
+        self._pump.start()
+        self._keepalive: threading.Thread | None = None
+
+    # -- sending -----------------------------------------------------------------
+    def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
+        """Queue a frame; the first sender writes what is queued, so frames sent
+        meanwhile by other threads go out together in one write (fewer SSH packets)."""
+        if self.dead:
+            return
+        with self._out_lock:
+            self._out.append(tf.encode(kind, stream, payload))
+            if self._writing:
+                return
+            self._writing = True
+        while True:
+            with self._out_lock:
+                if not self._out or self.dead:
+                    self._out.clear()
+                    self._writing = False
+                    return
+                data = b"".join(self._out)
+                self._out.clear()
+            try:
+                write_all(self.stdout, data)
+            except ClientGone:
+                self.dead = True
+
+    # -- the reader (main thread) --------------------------------------------------
+    def run(self) -> int:
+        """Serve the session until it ends; returns the exit status."""
+        decoder = tf.Decoder(tf.TO_LOGIN)
+        self.send(tf.HELLO, 0, tf.GREETING)
+        rc = 0
+        try:
+            while not self.dead:
+                try:
+                    data = os.read(self.stdin, _RECV)
+                except OSError:
+                    break
+                if not data:
+                    break
+                try:
+                    frames = decoder.feed(data)
+                except tf.FrameError as e:
+                    self.send(tf.ERROR, 0, str(e).encode("ascii", "replace"))
+                    rc = 1
+                    break
+                for kind, sid, payload in frames:
+                    self.dispatch(kind, sid, payload)
+        finally:
+            global _session_ending
+            _session_ending = True  # a signal now must not interrupt the shutdown (see _on_signal)
+            self.shutdown()
+        return rc
+
+    def dispatch(self, kind: int, sid: int, payload: bytes) -> None:
+        """One frame from the proxy. Never raises: a bad frame ends its stream with ERROR."""
+        if kind == tf.PING:
+            self.send(tf.PONG, sid)
+            self._keep_alive()
+            return
+        if kind == tf.OPEN:
+            self._open(sid, payload)
+            return
+        st = self.streams.get(sid)
+        if st is None:
+            # A stream that already ended may still get body or a cancel: ignore them.
+            # A stream never opened is an error of the proxy's.
+            if sid == 0 or sid > self.last_opened:
+                self.send(tf.ERROR, sid, b"no such stream")
+            return
+        if kind == tf.BODY:
+            if st.body_w is None:
+                self.send(tf.ERROR, sid, b"body after the end of the body")
+                self._cancel(st)
+                return
+            self._feed(st, payload)
+        elif kind == tf.END:
+            self._close_body(st)
+        elif kind == tf.CANCEL:
+            self._cancel(st)
+
+    def _open(self, sid: int, command: bytes) -> None:
+        if sid == 0 or sid <= self.last_opened:
+            self.send(tf.ERROR, sid, b"stream id not above the last one opened")
+            return
+        self.last_opened = sid
+        if len(self.streams) >= MAX_STREAMS:
+            self.send(tf.ERROR, sid, b"too many streams open in this session")
+            return
+        try:
+            parsed = wire.parse_command(command)
+            if not isinstance(parsed, wire.ParsedRequest):
+                raise wire.WireError(400, "a tunnel stream carries a request, not a control word")
+        except wire.WireError as e:
+            self.send(tf.DATA, sid, wire.error_response(e.status, e.message))
+            self.send(tf.DONE, sid, b"error")
+            return
+        st = Stream(sid)
+        body_r, st.body_w = os.pipe()
+        out_r, out_w = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        st.out_r = out_r
+        out_fd = out_w.detach()
+        with self._streams_lock:
+            self.streams[sid] = st
+            self._by_fd[out_r.fileno()] = st
+        self._poller.register(out_r.fileno(), select.EPOLLIN)
+        st.thread = threading.Thread(
+            target=self._stream_main, args=(st, parsed, body_r, out_fd), name=f"stream-{sid}", daemon=True
+        )
+        st.thread.start()
+
+    def _feed(self, st: Stream, data: bytes) -> None:
+        assert st.body_w is not None
+        try:
+            write_all(st.body_w, data)
+        except ClientGone:  # the handler stopped reading (answered early): drop the rest
+            self._close_body(st)
+
+    def _close_body(self, st: Stream) -> None:
+        with st.lock:
+            fd, st.body_w = st.body_w, None
+        if fd is not None:
+            os.close(fd)
+
+    def _cancel(self, st: Stream) -> None:
+        """The client went away: the handler sees its stdout closed and its stdin end."""
+        st.cancelled = True
+        self._close_body(st)
+        with st.lock:
+            sock = st.out_r
+        if sock is not None:
+            try:
+                sock.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    # -- the handler side ------------------------------------------------------------
+    def _handle(self, req: wire.ParsedRequest, stdin: int, stdout: int) -> int:
+        assert self.settings is not None and self.batcher is not None and self.handle is not None
+        return self.handle(req, self.settings, stdin, stdout, Log(self.log_home), self.batcher)
+
+    @property
+    def log_home(self) -> str | None:
+        path = self.log.path
+        return None if path is None else path.rsplit("/", 2)[0]
+
+    def _stream_main(self, st: Stream, req: wire.ParsedRequest, stdin: int, stdout: int) -> None:
+        rc = 1
+        try:
+            rc = self._serve(req, stdin, stdout)  # type: ignore[operator]
+        except Exception as e:  # a bug: the handler catches its own; this is the tunnel's
+            self.log.bug(f"tunnel stream {st.id}: {type(e).__name__}: {e}", e)
+        finally:
+            for fd in (stdin, stdout):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._close_body(st)
+            st.handler_rc = rc
+            self._maybe_done(st)
+
+    # -- the pump: answers to DATA frames ------------------------------------------------
+    def _pump_main(self) -> None:
+        while True:
+            events = self._poller.poll()
+            for fd, _ev in events:
+                if fd == self._wake_r:
+                    return
+                with self._streams_lock:
+                    st = self._by_fd.get(fd)
+                if st is None or st.out_r is None:
+                    continue
+                try:
+                    data = st.out_r.recv(_RECV)
+                except OSError:
+                    data = b""
+                if data:
+                    if not st.cancelled:
+                        self.send(tf.DATA, st.id, data)
+                    continue
+                with self._streams_lock:
+                    self._by_fd.pop(fd, None)
+                self._poller.unregister(fd)
+                with st.lock:
+                    st.out_r.close()
+                    st.out_r = None
+                st.out_done = True
+                self._maybe_done(st)
+
+    def _maybe_done(self, st: Stream) -> None:
+        with st.lock:
+            if not st.out_done or st.handler_rc is None or st.id not in self.streams:
+                return
+            with self._streams_lock:
+                del self.streams[st.id]
+        outcome = b"aborted" if st.cancelled else (b"ok" if st.handler_rc == 0 else b"error")
+        self.send(tf.DONE, st.id, outcome)
+
+    # -- keep-alive -----------------------------------------------------------------------
+    def _keep_alive(self) -> None:
+        """A throttled tick, as the ``keep-alive`` word starts one (never two at once)."""
+        if self.settings is None or (self._keepalive is not None and self._keepalive.is_alive()):
+            return
+        settings = self.settings
+
+        def run() -> None:
+            from . import control
+
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                control.keep_alive(settings, null, self.log)
+            except Exception as e:
+                self.log.bug(f"tunnel keep-alive: {type(e).__name__}: {e}", e)
+            finally:
+                os.close(null)
+
+        self._keepalive = threading.Thread(target=run, name="keep-alive", daemon=True)
+        self._keepalive.start()
+
+    # -- the end ---------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Every stream still running loses its client; wait for their rows; stop the threads."""
+        for st in list(self.streams.values()):
+            self._cancel(st)
+        deadline = time.monotonic() + SHUTDOWN_WAIT
+        for st in list(self.streams.values()):
+            if st.thread is not None:
+                st.thread.join(max(0.0, deadline - time.monotonic()))
+        while self.streams and time.monotonic() < deadline:  # the pump reads their last bytes
+            time.sleep(0.002)
+        os.write(self._wake_w, b"x")
+        self._pump.join(5.0)
+        for st in list(self.streams.values()):  # only after SHUTDOWN_WAIT: handlers that hang
+            if st.out_r is not None:
+                st.out_r.close()
+        self._poller.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self._keepalive is not None:
+            self._keepalive.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Stop(Exception):
+    pass
+
+
+_session_ending = False
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """The first signal ends the session; later ones must not interrupt its shutdown."""
+    global _session_ending
+    if not _session_ending:
+        _session_ending = True
+        raise _Stop(signum)
+
+
+def serve(settings: Settings, stdin: int, stdout: int, log: Log, handle: Handle) -> int:
+    """The ``tunnel`` control word: serve frames until the session ends; ``handle``
+    is the per-request handler (``handler.handle_request``)."""
+    global _session_ending
+    _session_ending = False
+    for name in ("SIGHUP", "SIGINT", "SIGTERM"):
+        _signal.signal(getattr(_signal, name), _on_signal)
+    log.tag = "tunnel"
+    tunnel = Tunnel(settings, log, stdin, stdout, handle=handle)
+    try:
+        return tunnel.run()
+    except _Stop:
+        return 1
+    finally:
+        _session_ending = True  # a signal during what follows (closing stdout) changes nothing
