@@ -19,8 +19,6 @@ TYPE_CHECKING = False  # typing costs ~5 ms per request; mypy still sees these
 if TYPE_CHECKING:
     from typing import Any
 
-# An enabled service: what a request needs before anything is written.
-
 # Ready jobs of a service with their in-flight requests (uses the partial
 # index ix_requests_in_flight); the least loaded first. A job whose walltime
 # ends within :margin seconds (walltime.REQUEST_PATH_STOP) is left out even
