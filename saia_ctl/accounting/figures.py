@@ -10,9 +10,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:  # annotations only: the request path's usage reads these modules, stdlib-only
+    from sqlalchemy.orm import Session
 
 from .months import Window
 

@@ -36,9 +36,10 @@ import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+if TYPE_CHECKING:  # annotations only: the request path's usage reads this module, stdlib-only
+    from sqlalchemy import Engine
 
 from ..rawdb import deferred, immediate
 from .figures import COUNT_FIELDS, named
