@@ -14,7 +14,6 @@ usage never counts against a limit.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
 
 from . import rawdb
 from .accounting.months import iso_utc, month_of, month_window
@@ -22,7 +21,10 @@ from .accounting.own_month import own_month
 from .request_path import admission
 from .settings import Settings
 
+TYPE_CHECKING = False  # typing and SQLAlchemy are not imported at run time (the request path)
 if TYPE_CHECKING:
+    from typing import Any
+
     from sqlalchemy import Engine
 
 
