@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from saia_ctl.accounting import ledger as L
+from saia_ctl.accounting.months import month_window
+from saia_ctl.accounting.own_month import own_month
 from saia_ctl.accounting.report import monthly_report
 from saia_ctl.settings import Settings
 from saia_ctl.usage import usage_of_user
@@ -91,3 +93,26 @@ def test_the_request_path_answers_usage_without_sqlalchemy(rows: Rows, home: Pat
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rolled_up_months_follow_the_reports_rules(rows: Rows, home: Path, engine: Any) -> None:
+    """A rollup of an earlier month keeps the fast path; a rolled-up month itself, or one pruned in
+    another zone, gets the report's answer (its rollup; its error)."""
+    from saia_ctl.accounting.report import ReportError
+
+    now = MAY + 17.3 * DAY
+    _month(rows, now)
+    _fold(home / "saia.db", "UTC", now)
+    april = "INSERT INTO rollup_months VALUES ('2026-04', 'UTC', ?, ?, ?)"
+    rows.conn.execute(april, (MAY - 30 * DAY, MAY, now))
+    gpu = _compare(home, engine, "UTC", now)
+    assert sum(gpu) > 0
+    with closing(sqlite3.connect(home / "saia.db")) as conn:  # answered from the rows, not the report
+        assert own_month(conn, month_window("2026-05", "UTC"), now, "user1") is not None
+    settings = Settings(home=str(home), environ={})
+    with pytest.raises(ReportError, match="pruned"):
+        usage_of_user(settings, "user1", "Europe/Berlin", now=now)
+    rows.conn.execute(
+        "INSERT INTO rollup_months VALUES ('2026-05', 'UTC', ?, ?, ?)", (MAY, MAY + 31 * DAY, now)
+    )
+    assert _compare(home, engine, "UTC", now) == [0.0] * len(USERS)  # the (empty) rollup's figures

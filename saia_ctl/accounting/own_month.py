@@ -70,8 +70,14 @@ class OwnMonth:
 
 def own_month(conn: sqlite3.Connection, window: Window, now: float, user: str) -> OwnMonth | None:
     """The user's month so far; None if the month is the rollups' (the caller makes the report)."""
-    if conn.execute("SELECT 1 FROM rollup_months LIMIT 1").fetchone() is not None:
-        return None  # rolled-up or pruned months: the report knows their rules
+    # report.month_figures' rules: a rolled-up month (or one pruned in another zone) is the report's
+    sql = "SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?"
+    if conn.execute(sql, (window.month, window.tz)).fetchone() is not None:
+        return None
+    sql = "SELECT end_at, tz FROM rollup_months ORDER BY end_at DESC LIMIT 1"
+    mark = conn.execute(sql).fetchone()
+    if mark is not None and window.start < float(mark[0]) and window.tz != str(mark[1]):
+        return None
     a, b = window.start, window.end
     key = (window.tz, window.month)
     at = read_cursor(conn, window.tz)
