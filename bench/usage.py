@@ -69,7 +69,7 @@ def main() -> None:
         lib = []
         for u in users:
             t0 = time.perf_counter()
-            usage_of_user(engine, settings, u, "UTC")
+            usage_of_user(settings, u, "UTC")
             lib.append(time.perf_counter() - t0)
         env = {"PATH": "/usr/bin:/bin", "SAIA_HOME": str(home), "LANG": "C.UTF-8"}
         wall = []

@@ -3,7 +3,10 @@ caller's own, answered by the request path) and ``saia-ctl usage`` (an admin's v
 
 The figures are the month report's (``accounting.report.monthly_report`` for the
 user, in ``SAIA_ACCOUNTING_TZ``): requests, tokens and attributed GPU-hours equal
-``saia-ctl report --month M --user U``. The limits are read as admission reads
+``saia-ctl report --month M --user U``. A user's are read from their own rows
+(``accounting.own_month``: the ledger's folded days and the rest through the
+user's index), stdlib only, so the request path answers without SQLAlchemy; a
+project's come from the report. The limits are read as admission reads
 them (``request_path/admission.py``), without writing anything: asking for one's
 usage never counts against a limit.
 """
@@ -11,15 +14,18 @@ usage never counts against a limit.
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from sqlalchemy import Engine
 
 from . import rawdb
-from .accounting.months import iso_utc, month_of
-from .accounting.report import monthly_report
+from .accounting.months import iso_utc, month_of, month_window
+from .accounting.own_month import own_month
 from .request_path import admission
 from .settings import Settings
+
+TYPE_CHECKING = False  # typing and SQLAlchemy are not imported at run time (the request path)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from sqlalchemy import Engine
 
 
 def _connect(settings: Settings) -> rawdb.Connection:
@@ -30,6 +36,8 @@ def _connect(settings: Settings) -> rawdb.Connection:
 
 def _figures(engine: Engine, month: str, tz: str, now: float, user: str | None) -> dict[str, dict[str, Any]]:
     """user -> requests, tokens, GPU-hours of the month (every user if ``user`` is None)."""
+    from .accounting.report import monthly_report
+
     rep = monthly_report(engine, month, tz=tz, now=now, user=user, by="user")
     return {
         str(r["user"]): {
@@ -64,18 +72,23 @@ def _limit_rows(conn: rawdb.Connection, user: str, now: float, tz: str, gpu: flo
     return out
 
 
-def usage_of_user(
-    engine: Engine, settings: Settings, user: str, tz: str, now: float | None = None
-) -> dict[str, Any]:
-    """One user's month so far, with every limit that applies to them."""
+def usage_of_user(settings: Settings, user: str, tz: str, now: float | None = None) -> dict[str, Any]:
+    """One user's month so far, with every limit that applies to them (one read transaction)."""
     now = time.time() if now is None else now
     month = month_of(now, tz)
-    figs = _figures(engine, month, tz, now, user).get(
-        user, {"requests": 0, "input_tokens": 0, "output_tokens": 0, "gpu_hours": 0.0}
-    )
     conn = _connect(settings)
     try:
         with rawdb.deferred(conn):
+            own = own_month(conn, month_window(month, tz), now, user)
+            if own is None:  # a rolled-up month: the report's rules
+                figs = _figures(_engine(settings), month, tz, now, user).get(user, _ZERO)
+            else:
+                figs = {
+                    "requests": own.counts["requests"],
+                    "input_tokens": own.counts["input_tokens"],
+                    "output_tokens": own.counts["output_tokens"],
+                    "gpu_hours": own.gpu_milli / 1000,
+                }
             project = admission.project_of(conn, user)
             limits = _limit_rows(conn, user, now, tz, figs["gpu_hours"])
     finally:
@@ -90,6 +103,21 @@ def usage_of_user(
         "tokens": figs["input_tokens"] + figs["output_tokens"],
         "limits": limits,
     }
+
+
+_ZERO: dict[str, Any] = {"requests": 0, "input_tokens": 0, "output_tokens": 0, "gpu_hours": 0.0}
+
+
+def _engine(settings: Settings) -> Engine:
+    import sys
+
+    if sys.flags.no_site:  # cloud_interface.sh runs `python -S`: SQLAlchemy is in site-packages
+        import site
+
+        site.main()
+    from .db import engine_for
+
+    return engine_for(settings)
 
 
 def usage_of_project(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field, fields
-from typing import Any
-
-from sqlalchemy.orm import Session
 
 from .months import Window
+
+TYPE_CHECKING = False  # typing is not imported at run time: the request path's usage reads this module
+if TYPE_CHECKING:  # annotations only: stdlib at run time
+    from typing import Any
+
+    from sqlalchemy.orm import Session
 
 ALL = ""  # the user_id / service_id of "all users" / "all services" rows
 

@@ -36,15 +36,18 @@ import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
-
-from sqlalchemy import Engine
 
 from ..rawdb import deferred, immediate
 from .figures import COUNT_FIELDS, named
 from .months import month_of, month_window
 from .scan import Progress, Span, scan
 from .sorted_runs import pack, unpack
+
+TYPE_CHECKING = False  # typing is not imported at run time: the request path's usage reads this module
+if TYPE_CHECKING:  # annotations only: stdlib at run time
+    from typing import Any
+
+    from sqlalchemy import Engine
 
 # A day is folded this long after it ended at the earliest: the scheduler may still correct a
 # job's end time a little after the fact, and a request's row is written right after its start
@@ -153,7 +156,8 @@ class FoldResult:
     writes: list[float] = field(default_factory=list)  # each step's write transaction (seconds)
 
 
-Statements = list[tuple[str, list[tuple[Any, ...]]]]
+if TYPE_CHECKING:
+    Statements = list[tuple[str, list[tuple[Any, ...]]]]
 
 
 @dataclass

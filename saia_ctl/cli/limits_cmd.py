@@ -258,10 +258,10 @@ def usage(
     if (user is None) == (project is None):
         common.fail("say whose usage: --user U or --project P")
     settings = common.settings()
-    eng = common.engine()
+    eng = common.engine()  # a missing or old database: the usual one-line error
     tz = settings.accounting_tz
     if user is not None:
-        doc = usage_of_user(eng, settings, user, tz)
+        doc = usage_of_user(settings, user, tz)
     else:
         assert project is not None
         doc = usage_of_project(eng, settings, project, tz)

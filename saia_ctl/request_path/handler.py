@@ -326,16 +326,9 @@ def answer_usage(req: wire.ParsedRequest, settings: Settings, stdout: int, log: 
     import json
 
     try:
-        import sys
+        from ..usage import usage_of_user  # stdlib only, unless the month was rolled up
 
-        if sys.flags.no_site:  # cloud_interface.sh runs `python -S`: the report needs site-packages
-            import site
-
-            site.main()
-        from ..db import engine_for
-        from ..usage import usage_of_user
-
-        doc = usage_of_user(engine_for(settings), settings, req.user_id, settings.accounting_tz)
+        doc = usage_of_user(settings, req.user_id, settings.accounting_tz)
     except Exception as e:  # the database or the zone: one line for the client, the rest in the log
         log.bug(f"usage of {req.user_id}: {type(e).__name__}: {e}", e)
         write_all(stdout, wire.error_response(503, "usage is unavailable; try again later"))

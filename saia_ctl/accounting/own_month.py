@@ -1,0 +1,187 @@
+"""One user's month so far, read from that user's rows only: the figures ``GET /v1/usage``
+shows, equal to the month report's for the user (``report.monthly_report(user=U, by="user")``).
+
+The report makes the whole month (``assemble``); this reads only what the user's
+figures depend on, with the same code and in the same order, so the numbers are
+the same to the last digit:
+
+- requests and tokens: the user's ledger row for the folded days plus their rows
+  of the rest (the tail), through ``ix_requests_user_started``;
+- attributed GPU-hours: the report splits each service's rounded GPU total among
+  all its users and its idle time (``report.split_gpu``, largest remainders), so a
+  user's figure needs the whole split of each service they have time on: the
+  ledger's shares of the folded days plus the tail's attribution of that
+  service's jobs (all their requests, not only the user's), and the service's
+  job and idle time.
+
+Stdlib only (``rawdb``): the request path answers with it. A month with a rollup
+(or rows pruned in another zone) returns None: the caller makes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .figures import COUNT_FIELDS, LONG_OR_OPEN, LONG_REQUEST, named
+from .gpu import JobSpan, attribute, clip, largest_remainder
+from .ledger import LATE_IN_SQL, read_cursor
+from .months import Window
+from .scan import COUNTER_SQL, counts_of, jobs_in
+
+_COLUMNS = ", ".join(f"{COUNTER_SQL[name]} AS {name}" for name in COUNT_FIELDS)
+_USER_TAIL_SQL = f"SELECT {_COLUMNS} FROM requests WHERE user_id = ? AND started_at >= ? AND started_at < ?"
+_USER_LEDGER_SQL = (
+    f"SELECT {', '.join(COUNT_FIELDS)} FROM ledger_users WHERE tz = ? AND month = ? AND user_id = ?"
+)
+
+# The services of the jobs the user's requests ran on that may have been in flight in [lo, hi):
+# the user's rows that started in [lo - LONG_REQUEST, hi) and their long or open ones.
+_USER_SERVICES_SQL = f"""
+SELECT DISTINCT service_id FROM jobs WHERE id IN (
+  SELECT job_id FROM requests WHERE user_id = ? AND started_at >= ? AND started_at < ?
+  UNION
+  SELECT job_id FROM requests WHERE ({LONG_OR_OPEN}) AND started_at < ? AND user_id = ?
+)
+"""
+
+# ``scan._BUSY_SQL`` for the jobs of one service: the requests that may be in flight during
+# [A, B) on that service's jobs (a request's row carries its job's service), by start time
+# through ix_requests_service_started, long or open ones through ix_requests_long.
+_SERVICE_BUSY_SQL = """
+SELECT job_id, user_id, started_at, ended_at FROM requests
+WHERE service_id = ? AND started_at >= ? AND started_at < ? AND job_id IS NOT NULL
+  AND (ended_at IS NULL OR ended_at > ?)
+"""
+_LONG_BUSY_SQL = f"""
+SELECT job_id, user_id, started_at, ended_at FROM requests
+WHERE ({LONG_OR_OPEN}) AND started_at < ?
+  AND job_id IS NOT NULL AND (ended_at IS NULL OR ended_at > ?)
+"""
+
+
+@dataclass(frozen=True)
+class OwnMonth:
+    counts: dict[str, int]  # COUNT_FIELDS -> the user's month so far
+    gpu_milli: int  # attributed GPU time in thousandths of a GPU-hour, as the report shows it
+
+
+def own_month(conn: sqlite3.Connection, window: Window, now: float, user: str) -> OwnMonth | None:
+    """The user's month so far; None if the month is the rollups' (the caller makes the report)."""
+    # report.month_figures' rules: a rolled-up month (or one pruned in another zone) is the report's
+    sql = "SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?"
+    if conn.execute(sql, (window.month, window.tz)).fetchone() is not None:
+        return None
+    sql = "SELECT end_at, tz FROM rollup_months ORDER BY end_at DESC LIMIT 1"
+    mark = conn.execute(sql).fetchone()
+    if mark is not None and window.start < float(mark[0]) and window.tz != str(mark[1]):
+        return None
+    a, b = window.start, window.end
+    key = (window.tz, window.month)
+    at = read_cursor(conn, window.tz)
+    c = a if at is None else min(max(at.folded_to, a), b)  # [a, c) is folded, [c, b) is the tail
+    if at is not None and c > a and conn.execute(LATE_IN_SQL, (at.max_id, a, c)).fetchone():
+        c = a
+    folded = c > a
+
+    counts = [0] * len(COUNT_FIELDS)
+    if folded:
+        row = named(conn).execute(_USER_LEDGER_SQL, (*key, user)).fetchone()
+        if row is not None:
+            counts = counts_of(row)
+    if c < b:
+        row = named(conn).execute(_USER_TAIL_SQL, (user, c, b)).fetchone()
+        if row["requests"]:
+            counts = [x + y for x, y in zip(counts, counts_of(row), strict=True)]
+
+    # The folded shares of every service the user has time in (a blob without the user's
+    # quoted id has no share of theirs: skipped unparsed).
+    shares: dict[str, dict[str, float]] = {}
+    if folded:
+        quoted = json.dumps(user)
+        sql = "SELECT service_id, user_gpu_seconds FROM ledger_services WHERE tz = ? AND month = ?"
+        for sv, blob in conn.execute(sql, key):
+            if blob and quoted in blob:
+                users = json.loads(blob)
+                if users:
+                    shares[sv] = users
+    tail_services: set[str] = set()
+    if c < b:
+        params = (user, c - LONG_REQUEST, b, c - LONG_REQUEST, user)
+        tail_services = {sv for (sv,) in conn.execute(_USER_SERVICES_SQL, params)}
+    services = set(shares) | tail_services
+    if not services:
+        return OwnMonth(dict(zip(COUNT_FIELDS, counts, strict=True)), 0)
+
+    month_jobs = [j for j in jobs_in(conn, a, b) if j.service in services]
+    idle: dict[int, tuple[float, float]] = {}
+    if folded and month_jobs:
+        sql = "SELECT job_id, idle_gpu_seconds, idle_ready_gpu_seconds FROM ledger_jobs WHERE tz = ? AND month = ?"
+        wanted = {j.id for j in month_jobs}
+        for job_id, i, r in conn.execute(sql, key):
+            if job_id in wanted:
+                idle[job_id] = (i, r)
+    if c < b:
+        _tail(conn, sorted(services), c, b, now, shares, idle)
+
+    milli = 0
+    gpu_seconds: dict[str, float] = {}
+    idle_seconds: dict[str, float] = {}
+    for job in month_jobs:  # assemble._gpu's sums, in its order (jobs by id)
+        assert job.started_at is not None  # jobs_in
+        run_a, run_b = clip(a, b, job.started_at, now if job.ended_at is None else job.ended_at)
+        if run_b <= run_a:
+            continue
+        gpu_seconds[job.service] = gpu_seconds.get(job.service, 0.0) + (run_b - run_a) * float(job.gpus)
+        idle_seconds[job.service] = idle_seconds.get(job.service, 0.0) + idle.get(job.id, (0.0, 0.0))[0]
+    for sv, g in gpu_seconds.items():  # report.split_gpu
+        values = {u: secs for u, secs in shares.get(sv, {}).items() if secs}
+        if not values.get(user):
+            continue
+        values[""] = idle_seconds[sv]
+        milli += largest_remainder(values, round(g / 3.6)).get(user, 0)
+    return OwnMonth(dict(zip(COUNT_FIELDS, counts, strict=True)), milli)
+
+
+def _tail(
+    conn: sqlite3.Connection,
+    services: list[str],
+    lo: float,
+    hi: float,
+    now: float,
+    shares: dict[str, dict[str, float]],
+    idle: dict[int, tuple[float, float]],
+) -> None:
+    """``scan._attribute`` over [lo, hi) for the jobs of ``services`` only, added in as
+    ``assemble._gpu`` adds the tail (users' seconds summed job by job, in job order)."""
+    wanted = set(services)
+    jobs: list[JobSpan] = [j for j in jobs_in(conn, lo, hi) if j.service in wanted]
+    if not jobs:
+        return
+    ids = {j.id for j in jobs}
+    busy: defaultdict[int, list[tuple[float, float | None, str]]] = defaultdict(list)
+    for sv in services:  # each job's rows in the scan's order: short ones by start, then long ones
+        for job_id, u, start, end in conn.execute(_SERVICE_BUSY_SQL, (sv, lo - LONG_REQUEST, hi, lo)):
+            if job_id in ids:
+                busy[job_id].append((start, end, u))
+    for job_id, u, start, end in conn.execute(_LONG_BUSY_SQL, (lo - LONG_REQUEST, lo)):
+        if job_id in ids:
+            busy[job_id].append((start, end, u))
+    tail: dict[tuple[str, str], float] = {}
+    tail_idle: dict[int, tuple[float, float]] = {}
+    for job in jobs:
+        res = attribute(job, busy.get(job.id, []), lo, hi, now)
+        if res.run_seconds <= 0:
+            continue
+        tail_idle[job.id] = (res.idle_gpu_seconds, res.idle_ready_gpu_seconds)
+        for u, secs in res.users.items():
+            k = (u, job.service)
+            tail[k] = tail.get(k, 0.0) + secs
+    for (u, sv), secs in tail.items():
+        users = shares.setdefault(sv, {})
+        users[u] = users.get(u, 0.0) + secs
+    for job_id, (i, r) in tail_idle.items():
+        have = idle.get(job_id, (0.0, 0.0))
+        idle[job_id] = (have[0] + i, have[1] + r)

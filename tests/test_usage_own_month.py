@@ -1,0 +1,118 @@
+"""``GET /v1/usage``'s figures read from the user's own rows (accounting/own_month.py) equal
+the month report's for that user: months not folded, partly folded, with rows come late, in
+another zone; users who share jobs with others; a request still in flight."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saia_ctl.accounting import ledger as L
+from saia_ctl.accounting.months import month_window
+from saia_ctl.accounting.own_month import own_month
+from saia_ctl.accounting.report import monthly_report
+from saia_ctl.settings import Settings
+from saia_ctl.usage import usage_of_user
+from tests.support.accounting import MAY, Rows, random_month
+
+DAY = 86400.0
+USERS = [f"user{i}" for i in range(12)] + ["nobody"]
+
+
+def _fold(db: Path, tz: str, now: float) -> list[str]:
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        return L.fold(conn, tz, now).days
+
+
+def _month(rows: Rows, now: float) -> None:
+    """random_month (users sharing the jobs), its open request closed so days fold, one request
+    open in the tail on a shared job, and one long request crossing the cursor."""
+    random_month(rows, 7, n_requests=300)
+    rows.conn.execute(
+        "UPDATE requests SET ended_at = started_at + 5, outcome = 'ok', status = 200 WHERE ended_at IS NULL"
+    )
+    job = rows.job("svc-b", now - 4 * DAY, None, ready=now - 4 * DAY + 300, gpus=2)  # still running
+    for k, user in enumerate(("user3", "user4", "user5", "user3", "user6")):
+        start = now - 3 * DAY + k * 40_000
+        rows.request(user, "svc-b", job, start, start + 20_000 + k)  # shared, some overlapping
+    rows.request("user3", "svc-b", job, now - 600, None)  # in flight: attributed up to now
+    rows.request("user4", "svc-b", job, now - 2 * DAY, now - 1000)  # long: from folded days into the tail
+    rows.request("user5", "svc-b", job, now - 900, now - 100)
+
+
+def _compare(home: Path, engine: Any, tz: str, now: float) -> list[float]:
+    settings = Settings(home=str(home), environ={})
+    gpu = []
+    for user in USERS:
+        doc = usage_of_user(settings, user, tz, now=now)
+        rep = monthly_report(engine, doc["month"], tz=tz, now=now, user=user, by="user")
+        totals = rep.data["totals"]
+        for key in ("requests", "input_tokens", "output_tokens", "gpu_hours"):
+            assert doc[key] == totals[key], (user, key, doc[key], totals[key])
+        gpu.append(doc["gpu_hours"])
+    return gpu
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin"])
+def test_usage_equals_the_report_not_folded_partly_folded_and_late(
+    rows: Rows, home: Path, engine: Any, tz: str
+) -> None:
+    now = MAY + 17.3 * DAY
+    _month(rows, now)
+    db = home / "saia.db"
+    gpu = _compare(home, engine, tz, now)  # nothing folded: every row scanned
+    assert sum(g > 0 for g in gpu) >= 5  # users share the jobs' GPU time
+    assert gpu[-1] == 0.0  # a user without rows
+    assert len(_fold(db, tz, now)) >= 10  # the month's closed days folded, the rest scanned
+    assert L.cursor(sqlite3.connect(db), tz) is not None
+    assert _compare(home, engine, tz, now) == gpu
+    rows.request(
+        "user5", "svc-a", None, MAY + 2 * DAY, MAY + 2 * DAY + 1, status=503, outcome="error"
+    )  # late
+    _compare(home, engine, tz, now)
+
+
+def test_the_request_path_answers_usage_without_sqlalchemy(rows: Rows, home: Path) -> None:
+    """The fast path is stdlib only: loading it and answering leaves SQLAlchemy unimported."""
+    now = MAY + 17.3 * DAY
+    _month(rows, now)
+    _fold(home / "saia.db", "UTC", now)
+    code = (
+        "import sys\n"
+        "from saia_ctl.settings import Settings\n"
+        "from saia_ctl.usage import usage_of_user\n"
+        f"doc = usage_of_user(Settings(home={str(home)!r}, environ={{}}), 'user1', 'UTC', now={now!r})\n"
+        "assert doc['requests'] > 0, doc\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_rolled_up_months_follow_the_reports_rules(rows: Rows, home: Path, engine: Any) -> None:
+    """A rollup of an earlier month keeps the fast path; a rolled-up month itself, or one pruned in
+    another zone, gets the report's answer (its rollup; its error)."""
+    from saia_ctl.accounting.report import ReportError
+
+    now = MAY + 17.3 * DAY
+    _month(rows, now)
+    _fold(home / "saia.db", "UTC", now)
+    april = "INSERT INTO rollup_months VALUES ('2026-04', 'UTC', ?, ?, ?)"
+    rows.conn.execute(april, (MAY - 30 * DAY, MAY, now))
+    gpu = _compare(home, engine, "UTC", now)
+    assert sum(gpu) > 0
+    with closing(sqlite3.connect(home / "saia.db")) as conn:  # answered from the rows, not the report
+        assert own_month(conn, month_window("2026-05", "UTC"), now, "user1") is not None
+    settings = Settings(home=str(home), environ={})
+    with pytest.raises(ReportError, match="pruned"):
+        usage_of_user(settings, "user1", "Europe/Berlin", now=now)
+    rows.conn.execute(
+        "INSERT INTO rollup_months VALUES ('2026-05', 'UTC', ?, ?, ?)", (MAY, MAY + 31 * DAY, now)
+    )
+    assert _compare(home, engine, "UTC", now) == [0.0] * len(USERS)  # the (empty) rollup's figures
