@@ -37,6 +37,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        for name, _type in reversed(_COLUMNS):
-            batch_op.drop_column(name)
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+): a batch copy of `jobs` would drop
+    # a table that the requests' foreign keys point at.
+    for name, _type in reversed(_COLUMNS):
+        op.drop_column("jobs", name)
