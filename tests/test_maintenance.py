@@ -19,6 +19,7 @@ from saia_ctl.scheduler import run_tick
 from saia_ctl.scheduler.maintenance import (
     Window,
     expand_hostlist,
+    move_off,
     parse_reservations,
     service_maintenance,
 )
@@ -186,3 +187,107 @@ def test_no_job_submitted_into_an_upcoming_window(
     clock.advance(901)  # the window is over
     run_tick(engine, settings, fake, clock, prober=_healthy, watch=False, hostname="h")
     assert len(fake.live()) == 1
+
+
+@pytest.mark.parametrize(
+    ("window", "all_nodes", "job", "move"),
+    [
+        # on n1, the window on n1 starts in 300 s (< job_expiry_time 600), the walltime reaches it, n2 free
+        (Window("m", 1300.0, 2000.0, frozenset({"n1"}), True), frozenset({"n1", "n2"}), {}, ("n1",)),
+        (
+            Window("m", 1300.0, 2000.0, frozenset({"n1", "n2"}), True),
+            frozenset({"n1", "n2"}),
+            {},
+            None,
+        ),  # no node outside
+        (Window("m", 1300.0, 2000.0, None, True), frozenset({"n1", "n2"}), {}, None),  # Nodes=ALL
+        (
+            Window("m", 1300.0, 2000.0, frozenset({"n2"}), True),
+            frozenset({"n1", "n2"}),
+            {},
+            None,
+        ),  # not its node
+        (Window("m", 1700.0, 2000.0, frozenset({"n1"}), True), frozenset({"n1", "n2"}), {}, None),  # not yet
+        (
+            Window("m", 1300.0, 2000.0, frozenset({"n1"}), True),
+            frozenset({"n1", "n2"}),
+            {"walltime_limit": 1200},
+            None,
+        ),
+        (
+            Window("m", 1300.0, 2000.0, frozenset({"n1"}), True),
+            frozenset({"n1", "n2"}),
+            {"state": "starting"},
+            None,
+        ),
+        (Window("m", 1300.0, 2000.0, frozenset({"n1"}), True), None, {}, None),  # nodes unknown
+        (Window("m", 500.0, 900.0, frozenset({"n1"}), True), frozenset({"n1", "n2"}), {}, None),  # over
+    ],
+)
+def test_move_off(
+    window: Window, all_nodes: frozenset[str] | None, job: dict[str, Any], move: tuple[str, ...] | None
+) -> None:
+    fields: dict[str, Any] = {"state": "ready", "started_at": 0.0, "walltime_limit": 3600, **job}
+    view = JobView(
+        7,
+        "j7",
+        "a",
+        107,
+        fields["state"],
+        "n1",
+        1,
+        0.0,
+        fields["started_at"],
+        0.0,
+        None,
+        fields["walltime_limit"],
+    )
+    queue = [SlurmJob(107, "j7", "RUNNING", node="n1")]
+    got = move_off([window], [_svc("a")], [view], queue, all_nodes, 1000.0)
+    assert got == ({} if move is None else {7: move})
+
+
+class TwoNodes(SlurmWithReservations):
+    nodes = "n1\nn2\n"
+
+    def run(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        out = {"scontrol": self.reservations, "sinfo": self.nodes}.get(name, "")
+        return subprocess.CompletedProcess([name, *args], 0, out, "")
+
+
+@pytest.mark.parametrize("nodes", ["n1\nn2\n", "n1\n"])
+def test_job_replaced_before_a_window_on_its_node(
+    engine: Any, settings: Settings, import_services: Any, nodes: str
+) -> None:
+    """The real test cluster has one node: a node outside the window exists only in the fake."""
+    clock = Clock(time.time())
+    sbatch = str(REPO / "tests" / "data" / "scheduler_backend.sbatch")
+    import_services(service_config("svc", sbatch=sbatch, minimum_number_instances=1))  # job_expiry_time 9:00
+    fake = TwoNodes(clock, time_limit=3600)
+    fake.nodes = nodes
+    fake.reservations = "No reservations in the system\n"
+    run_tick(engine, settings, fake, clock, prober=_healthy, watch=False, hostname="h")
+    (old,) = fake.live()
+    fake.start(old.job_id, "n1")
+    run_tick(engine, settings, fake, clock, prober=_healthy, watch=False, hostname="h")
+    fake.reservations = _line("soon", clock() + 300, clock() + 900, "n1", "MAINT") + "\n"
+    r = run_tick(engine, settings, fake, clock, prober=_healthy, watch=False, hostname="h")
+    assert r.error is None
+    if nodes == "n1\n":  # nowhere else to go: nothing submitted, the job serves on
+        assert [j.job_id for j in fake.live()] == [old.job_id]
+        return
+    (new,) = [j for j in fake.live() if j.job_id != old.job_id]
+    assert "--exclude=n1" in fake.jobs[new.job_id].args
+    with engine.connect() as c:
+        assert (
+            c.execute(text("SELECT state FROM jobs WHERE slurm_job_id = :s"), {"s": old.job_id}).scalar()
+            == "ready"
+        )
+    fake.start(new.job_id, "n2")
+    run_tick(engine, settings, fake, clock, prober=_healthy, watch=False, hostname="h")
+    with engine.connect() as c:
+        rows = dict(c.execute(text("SELECT slurm_job_id, state FROM jobs WHERE ended_at IS NULL")).all())
+        reason = c.execute(
+            text("SELECT end_reason FROM jobs WHERE slurm_job_id = :s"), {"s": old.job_id}
+        ).scalar()
+    assert rows[new.job_id] == "ready" and rows[old.job_id] == "draining" and reason == "rotated"

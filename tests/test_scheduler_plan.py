@@ -602,3 +602,24 @@ def test_gpus_recorded_when_slurm_reports_other_than_stored(stored: int, slurm: 
     sj = SlurmJob(1001, j.name, "RUNNING", node="n1", elapsed=50, time_limit=3600, gpus=slurm)
     plan = plan_tick(obs([svc()], [j], [sj], probes={1: ProbeResult(True, "200")}), PREFIX)
     assert plan.job_changes.get(1, JobChange()).gpus == change
+
+
+def test_job_a_maintenance_window_will_end_is_rotated_off_its_node() -> None:
+    """The tick's move_off (maintenance.py) names a ready job: it is replaced like one near its
+    walltime end, the replacement excluding the window's nodes; the old one serves until then."""
+    old = job(1)  # plenty of walltime left
+    s = svc()
+    probes = {1: ProbeResult(True, "200")}
+    plan = plan_tick(obs([s], [old], [running(old)], probes=probes), PREFIX)
+    assert plan.submits == []  # without a window: nothing
+    plan = plan_tick(obs([s], [old], [running(old)], probes=probes, move_off={1: ("n1", "n3")}), PREFIX)
+    assert [(x.reason, x.replaces_job_id, x.extra_args) for x in plan.submits] == [
+        ("rotation", 1, ("--exclude=n1,n3",))
+    ]
+    assert 1 not in plan.job_changes or plan.job_changes[1].state is UNSET
+    new = job(2, "starting", node="n2", replaces_job_id=1)
+    probes = {1: ProbeResult(True, "200"), 2: ProbeResult(True, "200")}
+    queue = [running(old), running(new, 5)]
+    plan = plan_tick(obs([s], [old, new], queue, probes=probes, move_off={1: ("n1", "n3")}), PREFIX)
+    assert plan.job_changes[2].state == "ready" and plan.submits == []
+    assert plan.job_changes[1].state == "draining" and plan.job_changes[1].end_reason == "rotated"

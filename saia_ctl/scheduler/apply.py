@@ -209,7 +209,7 @@ def record_intents(
                         secret,
                         sub.reason,
                         sub.replaces_job_id,
-                        options.get(sub.service_id, ()),
+                        options.get(sub.service_id, ()) + sub.extra_args,
                     )
                 )
     return new_jobs, errors

@@ -9,7 +9,11 @@ the cluster). The tick stores the window's end on the service
 then, the request path answers 503 with ``Retry-After`` set to the end, and
 ``status`` shows the phase ``maintenance``. Before a window: no job is submitted
 whose walltime (that of the service's newest job) would run into a window that
-covers every node of the cluster (``submit_hold``).
+covers every node of the cluster (``submit_hold``). A ready job on a node that a
+window starting within its service's ``job_expiry_time`` covers, whose walltime
+runs into the window, is replaced when nodes outside the window exist
+(``move_off``): the planner rotates it as a job near its walltime end, its
+replacement submitted with ``--exclude`` of the window's nodes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from datetime import datetime
 from sqlalchemy import Engine, text
 
 from ..db import read_session, write_session
+from ..models import JobState
 from ..slurm import SlurmError, SlurmJob, parse_scontrol_fields
 from .views import JobView, ServiceView
 
@@ -166,6 +171,49 @@ def submit_hold(
     return max(ends) if ends else None
 
 
+def move_off(
+    windows: Sequence[Window],
+    services: Iterable[ServiceView],
+    jobs: Sequence[JobView],
+    queue: Sequence[SlurmJob],
+    all_nodes: frozenset[str] | None,
+    now: float,
+) -> dict[int, tuple[str, ...]]:
+    """{jobs.id: nodes to exclude} of the ready jobs to replace before a window (pure): the
+    job runs on a node the window covers, the window starts within its service's
+    job_expiry_time, the job's walltime reaches the window's start, and some node of the
+    cluster is outside the window (a window on every node: nowhere to go, nothing done)."""
+    if all_nodes is None:
+        return {}
+    expiry = {s.id: s.job_expiry_time for s in services}
+    running = {j.job_id: j.node for j in queue if j.is_running and j.node}
+    out: dict[int, tuple[str, ...]] = {}
+    for job in jobs:
+        node = running.get(job.slurm_job_id) if job.slurm_job_id is not None else None
+        lead = expiry.get(job.service_id)
+        if (
+            job.state != JobState.READY
+            or node is None
+            or lead is None
+            or job.started_at is None
+            or job.walltime_limit is None
+        ):
+            continue
+        ends_at = job.started_at + job.walltime_limit
+        for w in sorted(windows, key=lambda x: x.start):
+            if (
+                w.nodes is not None
+                and node in w.nodes
+                and w.end > now
+                and w.start - now <= lead
+                and ends_at > w.start
+                and all_nodes - w.nodes
+            ):
+                out[job.id] = tuple(sorted(w.nodes))
+                break
+    return out
+
+
 _READ = text("SELECT service_id, maintenance_until, maintenance_name FROM service_states")
 _WRITE = text(
     "INSERT INTO service_states (service_id, load_avg, target, maintenance_until, maintenance_name)"
@@ -178,6 +226,7 @@ _WRITE = text(
 class Maintenance:
     down: dict[str, tuple[float, str]]  # service id -> (end, name) of the window it is down for
     hold: dict[str, float]  # service id -> no new job before this (the window a job would run into)
+    move: dict[int, tuple[str, ...]]  # jobs.id -> the window's nodes its replacement excludes
 
 
 def record_maintenance(
@@ -210,4 +259,4 @@ def record_maintenance(
         until = submit_hold(windows, all_nodes, now, svc.last_walltime)
         if until is not None:
             hold[svc.id] = until
-    return Maintenance(down, hold)
+    return Maintenance(down, hold, move_off(windows, services, jobs, queue, all_nodes, now))

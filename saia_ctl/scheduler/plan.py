@@ -545,10 +545,11 @@ class _Planner:
 
     def expiring(self, svc: ServiceView, w: _Work, ready_only: bool = True) -> bool:
         """Ready (or, with ``ready_only=False``, any) and within job_expiry_time of its walltime end,
-        or being replaced rolling after its service's batch script changed."""
+        or being replaced rolling after its service's batch script changed or before a
+        maintenance window on its node (``Observation.move_off``)."""
         if ready_only and w.state != _READY:
             return False
-        if w.id in self.rolling and w.state == _READY:
+        if (w.id in self.rolling or w.id in self.obs.move_off) and w.state == _READY:
             return True
         left = remaining_walltime(w, self.now)
         return left is not None and left < svc.job_expiry_time
@@ -663,7 +664,9 @@ class _Planner:
                     self.drain(w, EndReason.EXPIRING)
 
     def submit(self, svc: ServiceView, reason: SubmitReason, replaces: int | None = None) -> None:
-        self.plan.submits.append(Submit(svc.id, svc.sbatch, reason, replaces))
+        nodes = self.obs.move_off.get(replaces) if replaces is not None else None
+        extra = (f"--exclude={','.join(nodes)}",) if nodes else ()
+        self.plan.submits.append(Submit(svc.id, svc.sbatch, reason, replaces, extra))
 
     def scale_down(self, counted: list[_Work], surplus: int, wanted: int, reason: EndReason) -> int:
         def walltime_end(w: _Work) -> float:

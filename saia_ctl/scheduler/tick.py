@@ -161,16 +161,17 @@ def _maintenance(
     queue: list[SlurmJob],
     now: float,
     lines: list[str],
-) -> list[ServiceView]:
-    """The services with the maintenance window each is down for now (Slurm MAINT reservations);
-    unreadable: as last stored. A failure never stops the tick."""
+) -> tuple[list[ServiceView], dict[int, tuple[str, ...]]]:
+    """The services with the maintenance window each is down for now (Slurm MAINT reservations),
+    and the ready jobs to replace before a window (``move_off``); unreadable: as last stored,
+    none replaced. A failure never stops the tick."""
     try:
         found = record_maintenance(engine, slurm, services, jobs, queue, now)
     except Exception as e:
         lines.append(f"maintenance windows not read: {e.__class__.__name__}: {e}")
-        return services
+        return services, {}
     if found is None:
-        return services
+        return services, {}
     down = found.down
     for sid, (end, name) in sorted(down.items()):
         lines.append(
@@ -179,7 +180,7 @@ def _maintenance(
     return [
         replace(s, maintenance_until=down[s.id][0] if s.id in down else None, hold_until=found.hold.get(s.id))
         for s in services
-    ]
+    ], found.move
 
 
 def run_tick(
@@ -222,10 +223,10 @@ def run_tick(
         else:
             late = late_rows(engine, now)
             records, records_note = read_records(slurm, snap.jobs, queue, late)
-            services = _maintenance(engine, slurm, snap.services, snap.jobs, queue, now, lines)
+            services, move = _maintenance(engine, slurm, snap.services, snap.jobs, queue, now, lines)
             probes = probe(probe_targets(snap.jobs, queue), settings.probe_timeout)
             now = clock()
-            obs = Observation(now, services, snap.jobs, queue, info, probes, records)
+            obs = Observation(now, services, snap.jobs, queue, info, probes, records, move)
             plan = plan_tick(obs, prefix)
             new_jobs, port_errors = record_intents(engine, plan, settings, now, snap.dead_requests)
             outcomes = call_slurm(engine, slurm, settings, plan.cancels, new_jobs, deadline - FINAL_WRITES)

@@ -56,7 +56,7 @@ class SubmitReason(enum.StrEnum):
 
     SCALE_UP = "scale-up"  # the load's target is above the jobs there are
     DEMAND = "demand"  # requests wait, or an on-demand start was asked for
-    ROTATION = "rotation"  # it replaces a ready job near its walltime end
+    ROTATION = "rotation"  # it replaces a ready job near its walltime end (or a maintenance window)
 
 
 class ActionKind(enum.StrEnum):
@@ -182,6 +182,9 @@ class Observation:
     job_info: dict[int, SlurmJob | None] = field(default_factory=dict)  # live rows missing from queue
     probes: dict[int, ProbeResult] = field(default_factory=dict)  # by jobs.id
     records: dict[int, SacctRecord] = field(default_factory=dict)  # sacct, by Slurm id
+    # Ready jobs a coming maintenance window ends (jobs.id -> the window's nodes): rotated,
+    # their replacements submitted excluding those nodes (maintenance.move_off).
+    move_off: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 class _Unset(enum.Enum):
@@ -233,6 +236,7 @@ class Submit:
     sbatch: str
     reason: SubmitReason
     replaces_job_id: int | None = None
+    extra_args: tuple[str, ...] = ()  # further sbatch options (e.g. --exclude before a maintenance window)
 
 
 @dataclass(frozen=True)
