@@ -510,7 +510,11 @@ def test_slurmd_killed_jobs_noticed_lost_and_replaced(ctx: Ctx, import_services,
         "the replacement to become ready once the node is back",
     )
     [ready] = live(c, "lost")
-    assert ready["id"] == repl["id"]
+    if ready["id"] != repl["id"]:
+        # Slurm itself may fail a job it launches while the node's slurmd restarts (seen in
+        # CI); that replacement is then replaced in turn. Never by a decision of ours.
+        [first] = jobs(c, f"id = {repl['id']}")
+        assert first["end_reason"] in ("failed", "node-failure", "gone", "boot-failure"), first
     rows = live(c)
     slurm_jobs = _ours(c)
     assert sorted(r["slurm_job_id"] for r in rows) == sorted(j.job_id for j in slurm_jobs), (rows, slurm_jobs)
