@@ -239,8 +239,9 @@ def has_gpu_limits(s: Session) -> bool:
 def gpu_figures(s: Session, tz: str, now: float) -> tuple[str, dict[tuple[str, str], float]]:
     """(month, {(subject, service or ''): attributed GPU-hours}) for every subject a GPU-hours
     limit names: the report's figures (ledger plus the rows not folded yet). Reads only."""
-    from .accounting.months import month_of, month_window
+    from .accounting.months import month_window
     from .accounting.report import IDLE, month_figures, split_gpu
+    from .accounting.zones import month_of
     from .request_path.admission import project_in
 
     month = month_of(now, tz)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 
 from . import rawdb
-from .accounting.months import iso_utc, month_of, month_window
 from .accounting.own_month import own_month
+from .accounting.zones import iso_utc, month_of
 from .request_path import admission
 from .settings import Settings
 
@@ -79,7 +79,7 @@ def usage_of_user(settings: Settings, user: str, tz: str, now: float | None = No
     conn = _connect(settings)
     try:
         with rawdb.deferred(conn):
-            own = own_month(conn, month_window(month, tz), now, user)
+            own = own_month(conn, month, tz, now, user)
             if own is None:  # a rolled-up month: the report's rules
                 figs = _figures(_engine(settings), month, tz, now, user).get(user, _ZERO)
             else:

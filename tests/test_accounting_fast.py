@@ -18,7 +18,7 @@ import sqlite3
 import string
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,10 @@ def test_a_months_gpu_time_equals_exact_rationals(rows: Rows, home: Path, seed: 
             service, job.started_at, job.ended_at, ready=job.ready_at, draining=job.draining_at,
             submitted=job.submitted_at, gpus=job.gpus,
         )  # fmt: skip
-        job = JobSpan(job_id, *astuple(job)[1:])
+        job = JobSpan(
+            job_id, job.service, job.gpus, job.submitted_at, job.started_at, job.ready_at,
+            job.draining_at, job.ended_at,
+        )  # fmt: skip
         # open requests hold the folding back: keep those of late May only
         reqs = [(a, b if b is not None or a > MAY + 25 * DAY else a + 30, u) for a, b, u in reqs]
         for a, b, u in reqs:

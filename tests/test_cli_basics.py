@@ -176,9 +176,9 @@ def test_an_expected_error_is_exactly_one_line_and_logs_nothing(home: Path) -> N
 
 
 def test_the_library_errors_users_cause_are_expected_ones() -> None:
-    from saia_ctl.accounting.months import TimeError
     from saia_ctl.accounting.prune import PruneError
     from saia_ctl.accounting.report import ReportError
+    from saia_ctl.accounting.zones import TimeError
     from saia_ctl.cli.common import CLIError
     from saia_ctl.config import ConfigError
     from saia_ctl.db import DatabaseError

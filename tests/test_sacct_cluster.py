@@ -18,8 +18,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from saia_ctl.accounting.months import month_of, month_window
+from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.reconcile import observed_jobs, read_slurm_side, reconcile
+from saia_ctl.accounting.zones import month_of
 from saia_ctl.db import engine_for
 from saia_ctl.sacct import ENV as SACCT_ENV
 from saia_ctl.sacct import SacctRecord, parse_sacct, sacct_argv

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from saia_ctl.accounting import ledger as L
-from saia_ctl.accounting.months import month_window
 from saia_ctl.accounting.own_month import own_month
 from saia_ctl.accounting.report import monthly_report
 from saia_ctl.settings import Settings
 from saia_ctl.usage import usage_of_user
 from tests.support.accounting import MAY, Rows, random_month
+from tests.support.paths import REPO
+from tests.support.wire import command, parse_http
 
 DAY = 86400.0
 USERS = [f"user{i}" for i in range(12)] + ["nobody"]
@@ -95,6 +96,47 @@ def test_the_request_path_answers_usage_without_sqlalchemy(rows: Rows, home: Pat
     assert out.stdout.strip() == "[]"
 
 
+# What the request path's usage must not import: each costs milliseconds of every request's
+# start (dataclasses with inspect ~12 ms, json with re and enum ~6 ms, zoneinfo ~4 ms for UTC).
+COSTLY_IMPORTS = {
+    "dataclasses",
+    "inspect",
+    "json",
+    "re",
+    "enum",
+    "typing",
+    "zoneinfo",
+    "collections",
+    "sqlalchemy",
+}
+
+
+def test_the_request_path_answers_usage_without_costly_imports(rows: Rows, home: Path) -> None:
+    """``GET /v1/usage`` as cloud_interface.sh runs it (``python -I -S``, a fresh process) on a
+    folded month with a tail, a shared job and a request in flight: the answer is the usage and
+    the interpreter loaded none of COSTLY_IMPORTS."""
+    now = MAY + 17.3 * DAY
+    _month(rows, now)
+    assert _fold(home / "saia.db", "UTC", now)
+    answer = home / "answer"
+    cmd = command("usage-1", "user3", "svc-a", "/v1/usage", method="GET", body=None)
+    code = (
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        f"time.time = lambda: {now!r}\n"
+        "from saia_ctl.request_path.handler import run\n"
+        f"fd = os.open({str(answer)!r}, os.O_WRONLY | os.O_CREAT)\n"
+        f"run({cmd!r}, stdout=fd, environ={{'SAIA_HOME': {str(home)!r}}})\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
+    ans = parse_http(answer.read_bytes())
+    assert ans.status == 200, ans.body
+    doc = ans.json()
+    assert doc["user"] == "user3" and doc["requests"] > 0 and doc["gpu_hours"] > 0, doc
+    assert not set(out.stdout.split()) & COSTLY_IMPORTS
+
+
 def test_rolled_up_months_follow_the_reports_rules(rows: Rows, home: Path, engine: Any) -> None:
     """A rollup of an earlier month keeps the fast path; a rolled-up month itself, or one pruned in
     another zone, gets the report's answer (its rollup; its error)."""
@@ -108,7 +150,7 @@ def test_rolled_up_months_follow_the_reports_rules(rows: Rows, home: Path, engin
     gpu = _compare(home, engine, "UTC", now)
     assert sum(gpu) > 0
     with closing(sqlite3.connect(home / "saia.db")) as conn:  # answered from the rows, not the report
-        assert own_month(conn, month_window("2026-05", "UTC"), now, "user1") is not None
+        assert own_month(conn, "2026-05", "UTC", now, "user1") is not None
     settings = Settings(home=str(home), environ={})
     with pytest.raises(ReportError, match="pruned"):
         usage_of_user(settings, "user1", "Europe/Berlin", now=now)

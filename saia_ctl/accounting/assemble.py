@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 
 from .figures import ALL, Figures, ServiceGPU, Usage, named
 from .gpu import clip, median, ready_interval, union_length
-from .ledger import COUNT_NAMES, LATE_IN_SQL, read_cursor, read_gpu_shares
+from .ledger import COUNT_NAMES, read_cursor, read_gpu_shares
 from .months import Window
-from .scan import CELLS_SQL, LATENCY_SQL, Progress, Span, counts_of, jobs_in, scan
+from .row_sql import LATE_IN_SQL, jobs_in
+from .scan import CELLS_SQL, LATENCY_SQL, Progress, Span, counts_of, scan
 from .sorted_runs import p50_p95, unpack
 
 Runs = defaultdict[str, tuple[list[Sequence[float]], list[Sequence[float]]]]

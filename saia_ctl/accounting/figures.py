@@ -21,12 +21,6 @@ if TYPE_CHECKING:  # annotations only: stdlib at run time
 
 ALL = ""  # the user_id / service_id of "all users" / "all services" rows
 
-# Requests longer than this (seconds), and those still open, are found through the partial
-# index ix_requests_long, whose condition is LONG_OR_OPEN (models.py); shorter ones by their
-# start time, so the scans stay range scans.
-LONG_REQUEST = 3600.0
-LONG_OR_OPEN = f"ended_at IS NULL OR ended_at - started_at > {LONG_REQUEST!r}"
-
 
 @dataclass
 class Usage:

@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 
 from ..rawdb import deferred, immediate
 from .figures import COUNT_FIELDS, named
-from .months import month_of, month_window
+from .months import month_window
+from .row_sql import CURSOR_SQL
 from .scan import Progress, Span, scan
 from .sorted_runs import pack, unpack
+from .zones import month_of
 
 TYPE_CHECKING = False  # typing is not imported at run time: the request path's usage reads this module
 if TYPE_CHECKING:  # annotations only: stdlib at run time
@@ -62,7 +64,6 @@ _FIRST_SQL = "SELECT MIN(t) FROM (SELECT MIN(started_at) AS t FROM requests UNIO
 # Rows that arrived after the last fold but started before its end: read through the rowid
 # range (the rows inserted since that fold), never the started_at index (millions of rows).
 _LATE_SQL = "SELECT MIN(started_at) FROM requests NOT INDEXED WHERE id > ? AND started_at < ?"
-LATE_IN_SQL = "SELECT 1 FROM requests NOT INDEXED WHERE id > ? AND started_at >= ? AND started_at < ? LIMIT 1"
 
 
 def _scalar(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -81,9 +82,8 @@ class Cursor:
 
 
 def read_cursor(conn: sqlite3.Connection, tz: str) -> Cursor | None:
-    sql = "SELECT folded_to, max_request_id FROM ledger_cursors WHERE tz = ?"
-    row = named(conn).execute(sql, (tz,)).fetchone()
-    return None if row is None else Cursor(float(row["folded_to"]), int(row["max_request_id"]))
+    row = conn.execute(CURSOR_SQL, (tz,)).fetchone()
+    return None if row is None else Cursor(float(row[0]), int(row[1]))
 
 
 def cursor(conn: sqlite3.Connection, tz: str) -> float | None:

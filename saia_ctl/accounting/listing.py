@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from .figures import dbapi, named
-from .months import iso_utc
+from .zones import iso_utc
 
 _JOBS_SQL = """
 SELECT j.id, j.service_id, j.slurm_job_id, j.state, j.node, j.port, j.submitted_at, j.started_at,

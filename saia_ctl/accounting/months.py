@@ -1,4 +1,4 @@
-"""Month windows and user-given times: [first instant of a month, first instant of the next) in a zone."""
+"""Month windows (a month in a zone with its local days, on ``zones``) and user-given times."""
 
 from __future__ import annotations
 
@@ -6,38 +6,8 @@ import bisect
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..errors import SaiaError
-
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-
-
-class TimeError(SaiaError, ValueError):
-    """A month, zone or time given by the user cannot be used."""
-
-
-def zone(name: str) -> ZoneInfo:
-    """The zone called ``name`` (IANA name such as ``Europe/Berlin``, or ``UTC``)."""
-    if not name or name.startswith("/") or ".." in name:
-        raise TimeError(f"not a time zone: {name!r}")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise TimeError(
-            f"unknown time zone: {name!r} (use an IANA name such as UTC or Europe/Berlin)"
-        ) from None
-
-
-def parse_month(text: str) -> tuple[int, int]:
-    m = _MONTH.match(text.strip())
-    if not m or not 1 <= int(m[2]) <= 12 or int(m[1]) < 1970:
-        raise TimeError(f"not a month (YYYY-MM): {text!r}")
-    return int(m[1]), int(m[2])
-
-
-def _next(year: int, month: int) -> tuple[int, int]:
-    return (year + 1, 1) if month == 12 else (year, month + 1)
+from .zones import TimeError, local_midnight, next_of, parse_month, zone
 
 
 @dataclass(frozen=True)
@@ -63,35 +33,27 @@ class Window:
         return datetime.fromtimestamp(t, tz=zone(self.tz)).isoformat()
 
 
-def _local_midnight(d: date, tz: ZoneInfo) -> float:
-    # ZoneInfo resolves a wall time that does not exist (a DST gap) forwards, which is what we want.
-    return datetime(d.year, d.month, d.day, tzinfo=tz).astimezone(UTC).timestamp()
-
-
 def month_window(month: str, tz: str = "UTC") -> Window:
     year, mon = parse_month(month)
     z = zone(tz)
     first = date(year, mon, 1)
-    ny, nm = _next(year, mon)
-    nxt = date(ny, nm, 1)
+    nxt = date(*next_of(year, mon), 1)
     days = []
     d = first
     while d < nxt:
-        days.append((d.isoformat(), _local_midnight(d, z)))
+        days.append((d.isoformat(), local_midnight(d.year, d.month, d.day, z)))
         d += timedelta(days=1)
     return Window(
-        f"{year:04d}-{mon:02d}", tz, _local_midnight(first, z), _local_midnight(nxt, z), tuple(days)
+        f"{year:04d}-{mon:02d}",
+        tz,
+        local_midnight(year, mon, 1, z),
+        local_midnight(nxt.year, nxt.month, 1, z),
+        tuple(days),
     )
 
 
-def month_of(t: float, tz: str = "UTC") -> str:
-    """The month (YYYY-MM) an instant falls in, in zone ``tz``."""
-    d = datetime.fromtimestamp(t, tz=zone(tz))
-    return f"{d.year:04d}-{d.month:02d}"
-
-
 def next_month(month: str) -> str:
-    y, m = _next(*parse_month(month))
+    y, m = next_of(*parse_month(month))
     return f"{y:04d}-{m:02d}"
 
 
@@ -108,9 +70,3 @@ def parse_time(text: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
-
-
-def iso_utc(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

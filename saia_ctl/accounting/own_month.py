@@ -14,28 +14,29 @@ the same to the last digit:
   service's jobs (all their requests, not only the user's), and the service's
   job and idle time.
 
-Stdlib only (``rawdb``): the request path answers with it. A month with a rollup
+Stdlib only and cheap to import (no ``dataclasses``, ``json``, ``re`` or ``typing``):
+the request path answers with it, one process per request. A month with a rollup
 (or rows pruned in another zone) returns None: the caller makes the report.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections import defaultdict
-from dataclasses import dataclass
-
-from .figures import COUNT_FIELDS, LONG_OR_OPEN, LONG_REQUEST, named
+from .. import cjson
 from .gpu import JobSpan, attribute, clip, largest_remainder
-from .ledger import LATE_IN_SQL, read_cursor
-from .months import Window
-from .scan import COUNTER_SQL, counts_of, jobs_in
+from .row_sql import COUNTER_SQL, CURSOR_SQL, LATE_IN_SQL, LONG_OR_OPEN, LONG_REQUEST, jobs_in
+from .zones import month_bounds
 
-_COLUMNS = ", ".join(f"{COUNTER_SQL[name]} AS {name}" for name in COUNT_FIELDS)
-_USER_TAIL_SQL = f"SELECT {_COLUMNS} FROM requests WHERE user_id = ? AND started_at >= ? AND started_at < ?"
-_USER_LEDGER_SQL = (
-    f"SELECT {', '.join(COUNT_FIELDS)} FROM ledger_users WHERE tz = ? AND month = ? AND user_id = ?"
+TYPE_CHECKING = False  # the request path answers with this module: no typing, no dataclasses
+if TYPE_CHECKING:
+    import sqlite3
+
+# The counters the usage view shows (of ``figures.COUNT_FIELDS``, the ledger's column names).
+COUNTS = ("requests", "input_tokens", "output_tokens")
+_USER_TAIL_SQL = (
+    f"SELECT {', '.join(COUNTER_SQL[name] for name in COUNTS)} FROM requests"
+    " WHERE user_id = ? AND started_at >= ? AND started_at < ?"
 )
+_USER_LEDGER_SQL = f"SELECT {', '.join(COUNTS)} FROM ledger_users WHERE tz = ? AND month = ? AND user_id = ?"
 
 # The services of the jobs the user's requests ran on that may have been in flight in [lo, hi):
 # the user's rows that started in [lo - LONG_REQUEST, hi) and their long or open ones.
@@ -62,49 +63,53 @@ WHERE ({LONG_OR_OPEN}) AND started_at < ?
 """
 
 
-@dataclass(frozen=True)
 class OwnMonth:
-    counts: dict[str, int]  # COUNT_FIELDS -> the user's month so far
-    gpu_milli: int  # attributed GPU time in thousandths of a GPU-hour, as the report shows it
+    """A user's month so far, as the report shows it."""
+
+    __slots__ = ("counts", "gpu_milli")
+
+    def __init__(self, counts: dict[str, int], gpu_milli: int) -> None:
+        self.counts = counts  # COUNTS -> the user's month so far
+        self.gpu_milli = gpu_milli  # attributed GPU time in thousandths of a GPU-hour, as the report shows it
 
 
-def own_month(conn: sqlite3.Connection, window: Window, now: float, user: str) -> OwnMonth | None:
+def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: str) -> OwnMonth | None:
     """The user's month so far; None if the month is the rollups' (the caller makes the report)."""
+    a, b = month_bounds(month, tz)  # months.month_window's start and end
     # report.month_figures' rules: a rolled-up month (or one pruned in another zone) is the report's
     sql = "SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?"
-    if conn.execute(sql, (window.month, window.tz)).fetchone() is not None:
+    if conn.execute(sql, (month, tz)).fetchone() is not None:
         return None
     sql = "SELECT end_at, tz FROM rollup_months ORDER BY end_at DESC LIMIT 1"
     mark = conn.execute(sql).fetchone()
-    if mark is not None and window.start < float(mark[0]) and window.tz != str(mark[1]):
+    if mark is not None and a < float(mark[0]) and tz != str(mark[1]):
         return None
-    a, b = window.start, window.end
-    key = (window.tz, window.month)
-    at = read_cursor(conn, window.tz)
-    c = a if at is None else min(max(at.folded_to, a), b)  # [a, c) is folded, [c, b) is the tail
-    if at is not None and c > a and conn.execute(LATE_IN_SQL, (at.max_id, a, c)).fetchone():
+    key = (tz, month)
+    at = conn.execute(CURSOR_SQL, (tz,)).fetchone()  # ledger.read_cursor: folded to, highest id seen
+    c = a if at is None else min(max(float(at[0]), a), b)  # [a, c) is folded, [c, b) is the tail
+    if at is not None and c > a and conn.execute(LATE_IN_SQL, (int(at[1]), a, c)).fetchone():
         c = a
     folded = c > a
 
-    counts = [0] * len(COUNT_FIELDS)
+    counts = [0] * len(COUNTS)
     if folded:
-        row = named(conn).execute(_USER_LEDGER_SQL, (*key, user)).fetchone()
+        row = conn.execute(_USER_LEDGER_SQL, (*key, user)).fetchone()
         if row is not None:
-            counts = counts_of(row)
+            counts = [int(x) for x in row]
     if c < b:
-        row = named(conn).execute(_USER_TAIL_SQL, (user, c, b)).fetchone()
-        if row["requests"]:
-            counts = [x + y for x, y in zip(counts, counts_of(row), strict=True)]
+        row = conn.execute(_USER_TAIL_SQL, (user, c, b)).fetchone()
+        if row[0]:
+            counts = [x + int(y) for x, y in zip(counts, row, strict=True)]
 
     # The folded shares of every service the user has time in (a blob without the user's
     # quoted id has no share of theirs: skipped unparsed).
     shares: dict[str, dict[str, float]] = {}
     if folded:
-        quoted = json.dumps(user)
+        quoted = cjson.dumps(user)
         sql = "SELECT service_id, user_gpu_seconds FROM ledger_services WHERE tz = ? AND month = ?"
         for sv, blob in conn.execute(sql, key):
             if blob and quoted in blob:
-                users = json.loads(blob)
+                users = cjson.loads(blob)
                 if users:
                     shares[sv] = users
     tail_services: set[str] = set()
@@ -113,7 +118,7 @@ def own_month(conn: sqlite3.Connection, window: Window, now: float, user: str) -
         tail_services = {sv for (sv,) in conn.execute(_USER_SERVICES_SQL, params)}
     services = set(shares) | tail_services
     if not services:
-        return OwnMonth(dict(zip(COUNT_FIELDS, counts, strict=True)), 0)
+        return OwnMonth(dict(zip(COUNTS, counts, strict=True)), 0)
 
     month_jobs = [j for j in jobs_in(conn, a, b) if j.service in services]
     idle: dict[int, tuple[float, float]] = {}
@@ -142,7 +147,7 @@ def own_month(conn: sqlite3.Connection, window: Window, now: float, user: str) -
             continue
         values[""] = idle_seconds[sv]
         milli += largest_remainder(values, round(g / 3.6)).get(user, 0)
-    return OwnMonth(dict(zip(COUNT_FIELDS, counts, strict=True)), milli)
+    return OwnMonth(dict(zip(COUNTS, counts, strict=True)), milli)
 
 
 def _tail(
@@ -160,19 +165,18 @@ def _tail(
     jobs: list[JobSpan] = [j for j in jobs_in(conn, lo, hi) if j.service in wanted]
     if not jobs:
         return
-    ids = {j.id for j in jobs}
-    busy: defaultdict[int, list[tuple[float, float | None, str]]] = defaultdict(list)
+    busy: dict[int, list[tuple[float, float | None, str]]] = {j.id: [] for j in jobs}
     for sv in services:  # each job's rows in the scan's order: short ones by start, then long ones
         for job_id, u, start, end in conn.execute(_SERVICE_BUSY_SQL, (sv, lo - LONG_REQUEST, hi, lo)):
-            if job_id in ids:
+            if job_id in busy:
                 busy[job_id].append((start, end, u))
     for job_id, u, start, end in conn.execute(_LONG_BUSY_SQL, (lo - LONG_REQUEST, lo)):
-        if job_id in ids:
+        if job_id in busy:
             busy[job_id].append((start, end, u))
     tail: dict[tuple[str, str], float] = {}
     tail_idle: dict[int, tuple[float, float]] = {}
     for job in jobs:
-        res = attribute(job, busy.get(job.id, []), lo, hi, now)
+        res = attribute(job, busy[job.id], lo, hi, now)
         if res.run_seconds <= 0:
             continue
         tail_idle[job.id] = (res.idle_gpu_seconds, res.idle_ready_gpu_seconds)

@@ -17,9 +17,10 @@ from ..db import read_session, write_session
 from ..errors import SaiaError
 from . import figures as F
 from .ledger import drop_month
-from .months import month_of, month_window, next_month
+from .months import month_window, next_month
 from .report import month_figures
 from .scan import Progress
+from .zones import month_of
 
 
 class PruneError(SaiaError):

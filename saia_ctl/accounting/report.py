@@ -20,8 +20,9 @@ from . import figures as F
 from .assemble import assemble
 from .figures import ALL, Figures, Usage
 from .gpu import largest_remainder
-from .months import Window, iso_utc
+from .months import Window
 from .scan import Progress
+from .zones import iso_utc
 
 IDLE = ""  # key of the idle share in a service's split (no user id is empty)
 

@@ -13,30 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from .figures import COUNT_FIELDS, LONG_OR_OPEN, LONG_REQUEST, named
-from .gpu import JobSpan, attribute
+from .figures import COUNT_FIELDS, named
+from .gpu import attribute
 from .months import Window
+from .row_sql import COUNTER_SQL, LONG_OR_OPEN, LONG_REQUEST, jobs_in
 
 # (done, total): how far a long computation is; called with increasing ``done`` up to ``total``
 # (``total`` may grow when more work turns up). The CLI draws a bar; the library draws nothing.
 Progress = Callable[[int, int], None]
 
-# The SQL of each counter of ``Usage`` over a group of request rows, by name: the scans'
-# SELECTs are built from ``COUNT_FIELDS`` (the one declaration of the counters and their
-# order) and their rows are read by column name. SUM of a group whose terms are all NULL
-# (e.g. only in-flight rows: outcome IS NULL) is NULL, hence the IFNULLs: such a group has
-# 0 ok, 0 errors... (not null).
-COUNTER_SQL = {
-    "requests": "COUNT(*)",
-    "ok": "IFNULL(SUM(outcome = 'ok'), 0)",
-    "errors": "IFNULL(SUM(outcome = 'error'), 0)",
-    "errors_4xx": "IFNULL(SUM(outcome = 'error' AND status >= 400 AND status < 500), 0)",
-    "errors_5xx": "IFNULL(SUM(outcome = 'error' AND status >= 500), 0)",
-    "aborted": "IFNULL(SUM(outcome = 'aborted'), 0)",
-    "in_flight": "SUM(outcome IS NULL)",
-    "input_tokens": "IFNULL(SUM(input_tokens), 0)",
-    "output_tokens": "IFNULL(SUM(output_tokens), 0)",
-}
 _COUNT_COLUMNS = ", ".join(f"{COUNTER_SQL[name]} AS {name}" for name in COUNT_FIELDS)
 
 LEVEL_SQL = f"""
@@ -60,13 +45,6 @@ ORDER BY d
 # Requests per service in one local day: a range count on ix_requests_service_started.
 _DAY_SQL = "SELECT count(*) FROM requests WHERE service_id = ? AND started_at >= ? AND started_at < ?"
 
-# The columns of a JobSpan, by its field names.
-JOBS_SQL = """
-SELECT id, service_id AS service, gpus, submitted_at, started_at, ready_at, draining_at, ended_at
-FROM jobs WHERE started_at IS NOT NULL AND started_at < ? AND (ended_at IS NULL OR ended_at > ?)
-ORDER BY id
-"""
-
 # Requests that may be in flight during [A, B): short ones by start time, long or open
 # ones through the partial index ix_requests_long (its WHERE text, so SQLite uses it).
 _BUSY_SQL = f"""
@@ -81,11 +59,6 @@ WHERE ({LONG_OR_OPEN}) AND started_at < ?
 
 # The latency scan reports its progress every this many rows.
 _PROGRESS_EVERY = 1 << 16
-
-
-def jobs_in(conn: sqlite3.Connection, lo: float, hi: float) -> list[JobSpan]:
-    """The jobs that ran during [lo, hi)."""
-    return [JobSpan(**row) for row in named(conn).execute(JOBS_SQL, (hi, lo))]
 
 
 _COUNTS = itemgetter(*COUNT_FIELDS)  # by name, in C: thousands of rows per scan

@@ -85,7 +85,7 @@ def ledger() -> None:
 
     from ..accounting.figures import dbapi
     from ..accounting.ledger import cursor, fold_engine
-    from ..accounting.months import iso_utc
+    from ..accounting.zones import iso_utc
     from ..db import read_session
     from .progress import shown
 

@@ -98,9 +98,9 @@ def report(
 ) -> None:
     """Monthly accounting per user and per service (requests, tokens, latency, GPU-hours)."""
     from ..accounting.columns import UnknownColumn, parse
-    from ..accounting.months import month_of
     from ..accounting.render import render, write_files
     from ..accounting.report import monthly_report
+    from ..accounting.zones import month_of
     from .progress import progress_bar
 
     if reconcile or by is By.account:
@@ -179,9 +179,10 @@ def _slurm_report(
     month: str | None, tz: str | None, fmt: ReportFormat, *, by_account: bool, service: str | None
 ) -> None:
     """``--reconcile`` and ``--by account``: saia-ctl's jobs next to Slurm's records of the month."""
-    from ..accounting.months import month_of, month_window
+    from ..accounting.months import month_window
     from ..accounting.reconcile import by_account as account_rows
     from ..accounting.reconcile import observed_jobs, read_slurm_side, reconcile, reconciliation_rows
+    from ..accounting.zones import month_of
     from ..db import read_session
     from ..scheduler.tick import make_slurm
 

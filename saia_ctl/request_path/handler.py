@@ -323,9 +323,8 @@ USAGE_PATH = "/v1/usage"
 def answer_usage(req: wire.ParsedRequest, settings: Settings, stdout: int, log: Log) -> int:
     """``GET /v1/usage``: the caller's month so far and their limits (``saia_ctl.usage``),
     answered here for any service id: no backend, no row, nothing counted against a limit."""
-    import json
-
     try:
+        from .. import cjson  # json's C half: `json` imports `re` and `enum`
         from ..usage import usage_of_user  # stdlib only, unless the month was rolled up
 
         doc = usage_of_user(settings, req.user_id, settings.accounting_tz)
@@ -333,7 +332,7 @@ def answer_usage(req: wire.ParsedRequest, settings: Settings, stdout: int, log: 
         log.bug(f"usage of {req.user_id}: {type(e).__name__}: {e}", e)
         write_all(stdout, wire.error_response(503, "usage is unavailable; try again later"))
         return 1
-    body = json.dumps(doc).encode("utf-8")
+    body = cjson.dumps(doc).encode("utf-8")
     head = (
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
