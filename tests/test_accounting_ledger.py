@@ -469,9 +469,10 @@ def test_the_long_commands_show_a_bar_on_a_terminal_only(
 def test_the_counters_and_the_long_request_bound_are_declared_once(rows: Rows) -> None:
     from saia_ctl.accounting import scan
     from saia_ctl.accounting.figures import COUNT_FIELDS, Usage
+    from saia_ctl.accounting.row_sql import COUNTER_SQL
 
     # every counter of Usage has its SQL, in one order, and a row of counts builds the cell
-    assert tuple(scan.COUNTER_SQL) == COUNT_FIELDS
+    assert tuple(COUNTER_SQL) == COUNT_FIELDS
     cell = Usage.of_counts(list(range(len(COUNT_FIELDS))))
     assert [getattr(cell, name) for name in COUNT_FIELDS] == list(range(len(COUNT_FIELDS)))
     # the scan's long-request terms are the partial index's own, so SQLite uses the index

@@ -51,7 +51,7 @@ class Usage:
 
 
 # The counters: the integer fields (the rest are percentiles). Their order here is the one
-# order of the counter lists, the ledger's columns and the scans' SQL (``scan.COUNTER_SQL``).
+# order of the counter lists, the ledger's columns and the scans' SQL (``row_sql.COUNTER_SQL``).
 COUNT_FIELDS = tuple(f.name for f in fields(Usage) if f.type == "int")
 USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 

@@ -39,6 +39,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import TypeGuard
+
     from .. import rawdb
 
 WINDOWS = ("minute", "hour", "day", "month")
@@ -53,25 +55,33 @@ NOT_REFUSED = "coalesce(error, '') NOT LIKE 'refused by limit %'"
 
 
 MEMBERS_SQL = "SELECT project, member FROM project_members ORDER BY project, member"
-LIMITS_SQL = """
-SELECT scope, subject, service_id, kind, value FROM limits
- WHERE service_id IN ('', :service_id)
-   AND ((scope = 'user' AND subject = :user_id) OR (scope = 'project' AND subject = :project)
-        OR scope = 'default')
+# The limits of a request with each one's counter row (NULLs if none) in one statement: the
+# counter of a project limit is the project's, the others' the user's.
+_LIMITS_WITH_COUNTERS = """
+SELECT l.scope, l.subject, l.service_id, l.kind, l.value, c.window AS counter_window,
+       c.value AS counter_value
+  FROM limits l LEFT JOIN limit_counters c
+    ON c.subject = CASE WHEN l.scope = 'project' THEN 'project:' || :project ELSE 'user:' || :user_id END
+   AND c.service_id = l.service_id AND c.kind = l.kind
+ WHERE {where}
 """
+# Those of a request on a service.
+LIMITS_SQL = _LIMITS_WITH_COUNTERS.format(
+    where="l.service_id IN ('', :service_id)"
+    " AND ((l.scope = 'user' AND l.subject = :user_id) OR (l.scope = 'project' AND l.subject = :project)"
+    " OR l.scope = 'default')"
+)
 # Every limit of a user whatever the service (the usage view).
-ALL_LIMITS_SQL = """
-SELECT scope, subject, service_id, kind, value FROM limits
- WHERE (scope = 'user' AND subject = :user_id) OR (scope = 'project' AND subject = :project)
-        OR scope = 'default'
-"""
+ALL_LIMITS_SQL = _LIMITS_WITH_COUNTERS.format(
+    where="(l.scope = 'user' AND l.subject = :user_id) OR (l.scope = 'project' AND l.subject = :project)"
+    " OR l.scope = 'default'"
+)
 COUNTER_SQL = (
     "SELECT window, value FROM limit_counters WHERE subject = :subject AND service_id = :service_id "
     "AND kind = :kind"
 )
 UPSERT_COUNTER_SQL = """
-INSERT INTO limit_counters (subject, service_id, kind, window, value)
-VALUES (:subject, :service_id, :kind, :window, :value)
+INSERT INTO limit_counters (subject, service_id, kind, window, value) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (subject, service_id, kind) DO UPDATE SET window = excluded.window, value = excluded.value
 """
 ADD_TOKENS_SQL = """
@@ -186,7 +196,9 @@ def window_name(kind: str) -> str:
 class Applied:
     """One limit that applies to a request, with what its subject used so far."""
 
-    __slots__ = ("counter", "end", "kind", "limit", "scope", "service_id", "subject", "used", "window")
+    __slots__ = (
+        "counter", "end", "kind", "limit", "scope", "service_id", "stored", "subject", "used", "window",
+    )  # fmt: skip
 
     def __init__(self, scope: str, subject: str, service_id: str, kind: str, limit: float) -> None:
         self.scope = scope
@@ -198,6 +210,7 @@ class Applied:
         self.window = ""
         self.end = 0.0
         self.counter = False  # whether this limit has a counter row
+        self.stored: tuple[object, object] = (None, None)  # its counter row's (window, value) as read
 
     def describe(self) -> str:
         where = f" on {self.service_id}" if self.service_id else ""
@@ -237,15 +250,17 @@ def _num(x: float) -> str:
 
 def applicable(rows: list[rawdb.Row], user_id: str, project: str) -> list[Applied]:
     """The limits of a request: the user's own (else the default) per service and kind,
-    and the project's."""
+    and the project's; each with its counter row as read (``LIMITS_SQL``)."""
     own: dict[tuple[str, str], Applied] = {}
     out: list[Applied] = []
     for r in sorted(rows, key=lambda r: r["scope"] != "default"):  # defaults first, then overridden
         scope, kind, service_id, value = str(r["scope"]), str(r["kind"]), str(r["service_id"]), r["value"]
         if scope == "project":
-            out.append(Applied(scope, f"project:{project}", service_id, kind, float(value)))
+            a = Applied(scope, f"project:{project}", service_id, kind, float(value))
+            out.append(a)
         else:
-            own[(service_id, kind)] = Applied(scope, f"user:{user_id}", service_id, kind, float(value))
+            a = own[(service_id, kind)] = Applied(scope, f"user:{user_id}", service_id, kind, float(value))
+        a.stored = (r["counter_window"], r["counter_value"])
     return list(own.values()) + out
 
 
@@ -289,7 +304,7 @@ def rebuild(conn: rawdb.Connection, a: Applied, start: float, members: list[tupl
     return _members_filter(conn, a, members, sql, {"service_id": a.service_id, "start": start})
 
 
-def _valid(value: object) -> bool:
+def _valid(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and value == value and 0 <= value < float("inf")
 
 
@@ -309,12 +324,10 @@ def evaluate(
             a.used = in_flight(conn, a, members)
             continue
         a.window, start, a.end = window_of(window_name(a.kind), now, tz)
-        row = conn.execute(
-            COUNTER_SQL, {"subject": a.subject, "service_id": a.service_id, "kind": a.kind}
-        ).fetchone()
-        if row is not None and isinstance(row["window"], str) and _valid(row["value"]):
+        window, value = a.stored
+        if isinstance(window, str) and _valid(value):
             a.counter = True
-            a.used = float(row["value"]) if row["window"] == a.window else 0.0
+            a.used = float(value) if window == a.window else 0.0
         elif a.kind == "gpu_hours_month":
             # no figure: none used if the figures of this month were written, else unknown
             mark = conn.execute(
@@ -344,17 +357,14 @@ def admit(conn: rawdb.Connection, user_id: str, service_id: str, now: float, tz:
         for a in d.applied:
             if a.kind in REQUEST_KINDS:
                 a.used += 1
-            if a.kind in REQUEST_KINDS or a.kind in TOKEN_KINDS:
-                conn.execute(
-                    UPSERT_COUNTER_SQL,
-                    {
-                        "subject": a.subject,
-                        "service_id": a.service_id,
-                        "kind": a.kind,
-                        "window": a.window,
-                        "value": a.used,
-                    },
-                )
+        conn.executemany(
+            UPSERT_COUNTER_SQL,
+            [
+                (a.subject, a.service_id, a.kind, a.window, a.used)
+                for a in d.applied
+                if a.kind in REQUEST_KINDS or a.kind in TOKEN_KINDS
+            ],
+        )
     d.headers = rate_headers(d.applied)
     if d.refused is not None:
         d.headers.insert(0, ("Retry-After", str(d.retry_after)))
