@@ -34,6 +34,7 @@ from saia_ctl.accounting.gpu import (
     attribute,
     clip,
     largest_remainder,
+    largest_remainder_of,
     median,
     ready_interval,
     union_length,
@@ -400,6 +401,19 @@ def largest_remainder_reference(values: dict[str, float], total: int) -> dict[st
 
 
 @pytest.mark.parametrize("seed", range(40))
+def test_one_share_of_a_split_with_an_idle_zero_or_all_zero(seed: int) -> None:
+    """As the usage view splits: users' seconds plus the idle time ("", possibly 0)."""
+    rng = random.Random(seed)
+    values = {f"u{i}": rng.choice([0.25, 1.0, rng.uniform(0, 9)]) for i in range(rng.randint(1, 40))}
+    values[""] = rng.choice([0.0, 3.0, rng.uniform(0, 9)])
+    if seed % 10 == 0:
+        values = dict.fromkeys(values, 0.0)
+    for total in (0, 1, rng.randint(2, 50), rng.randint(51, 10**6)):
+        got = largest_remainder(values, total)
+        assert {k: largest_remainder_of(values, total, k) for k in values} == got
+
+
+@pytest.mark.parametrize("seed", range(40))
 def test_largest_remainder_matches_the_plain_method(seed: int) -> None:
     rng = random.Random(seed)
     n = rng.randint(1, 300)
@@ -410,3 +424,5 @@ def test_largest_remainder_matches_the_plain_method(seed: int) -> None:
     got = largest_remainder(values, total)
     assert got == largest_remainder_reference(values, total)
     assert sum(got.values()) == total
+    # one key's share alone (a user's usage) is that key's share of the whole split
+    assert {k: largest_remainder_of(values, total, k) for k in values} == got

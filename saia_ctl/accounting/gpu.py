@@ -203,6 +203,34 @@ def largest_remainder(values: dict[str, float], total: int) -> dict[str, int]:
     return out
 
 
+def largest_remainder_of(values: dict[str, float], total: int, key: str) -> int:
+    """``largest_remainder(values, total)[key]`` without sorting or making the others':
+    one user's share of a split needs every value, but only its own rank by remainder."""
+    keys = list(values)
+    vals = list(values.values())
+    n = len(keys)
+    s = math.fsum(vals)
+    if s <= 0:
+        return largest_remainder(values, total)[key]
+    quotas = [v * total / s for v in vals]
+    floors = [math.floor(q) for q in quotas]
+    left = total - sum(floors)
+    if not 0 < left < n:  # nothing to hand out, or float noise: the whole method
+        return largest_remainder(values, total)[key]
+    i = keys.index(key)
+    rems = [q - f for q, f in zip(quotas, floors, strict=True)]
+    r = rems[i]
+    greater = sum(map(r.__lt__, rems))  # remainders that come first
+    equal = rems.count(r)
+    if greater >= left:
+        return floors[i]
+    if greater + equal <= left:
+        return floors[i] + 1
+    # key's remainder ties across the cut: that tie goes by value, then key (as largest_remainder)
+    tie = sorted((j for j in range(n) if rems[j] == r), key=lambda j: (-vals[j], keys[j]))
+    return floors[i] + (1 if tie.index(i) < left - greater else 0)
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float | None:
     """Nearest-rank percentile of already sorted values (None for none)."""
     n = len(sorted_values)

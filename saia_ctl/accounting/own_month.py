@@ -22,7 +22,7 @@ the request path answers with it, one process per request. A month with a rollup
 from __future__ import annotations
 
 from .. import cjson
-from .gpu import JobSpan, attribute, clip, largest_remainder
+from .gpu import JobSpan, attribute, clip, largest_remainder_of
 from .row_sql import COUNTER_SQL, CURSOR_SQL, LATE_IN_SQL, LONG_OR_OPEN, LONG_REQUEST, jobs_in
 from .zones import month_bounds
 
@@ -142,11 +142,13 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
         gpu_seconds[job.service] = gpu_seconds.get(job.service, 0.0) + (run_b - run_a) * float(job.gpus)
         idle_seconds[job.service] = idle_seconds.get(job.service, 0.0) + idle.get(job.id, (0.0, 0.0))[0]
     for sv, g in gpu_seconds.items():  # report.split_gpu
-        values = {u: secs for u, secs in shares.get(sv, {}).items() if secs}
+        have = shares.get(sv, {})
+        # split_gpu leaves out the users without time (a copy in C when there are none)
+        values = {u: secs for u, secs in have.items() if secs} if 0.0 in have.values() else dict(have)
         if not values.get(user):
             continue
         values[""] = idle_seconds[sv]
-        milli += largest_remainder(values, round(g / 3.6)).get(user, 0)
+        milli += largest_remainder_of(values, round(g / 3.6), user)
     return OwnMonth(dict(zip(COUNTS, counts, strict=True)), milli)
 
 
