@@ -306,7 +306,7 @@ class Settings:
     @property
     def accounting_tz(self) -> str:
         """The accounting zone, looked up now (see ``zone_name``)."""
-        from .accounting.zones import TimeError, zone  # stdlib only; not on the request path
+        from .accounting.zones import TimeError, zone  # stdlib only; zoneinfo only off UTC
 
         try:
             zone(self._accounting_tz)

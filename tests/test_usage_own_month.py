@@ -111,10 +111,10 @@ COSTLY_IMPORTS = {
 }
 
 
-def test_the_request_path_answers_usage_without_costly_imports(rows: Rows, home: Path) -> None:
+def test_the_request_path_answers_usage_without_costly_imports(rows: Rows, home: Path, engine: Any) -> None:
     """``GET /v1/usage`` as cloud_interface.sh runs it (``python -I -S``, a fresh process) on a
-    folded month with a tail, a shared job and a request in flight: the answer is the usage and
-    the interpreter loaded none of COSTLY_IMPORTS."""
+    folded month with a tail, a shared job and a request in flight: the answer is the report's
+    figures and the interpreter loaded none of COSTLY_IMPORTS."""
     now = MAY + 17.3 * DAY
     _month(rows, now)
     assert _fold(home / "saia.db", "UTC", now)
@@ -134,6 +134,10 @@ def test_the_request_path_answers_usage_without_costly_imports(rows: Rows, home:
     assert ans.status == 200, ans.body
     doc = ans.json()
     assert doc["user"] == "user3" and doc["requests"] > 0 and doc["gpu_hours"] > 0, doc
+    totals = monthly_report(engine, "2026-05", tz="UTC", now=now, user="user3", by="user").data["totals"]
+    assert [doc[k] for k in ("requests", "input_tokens", "output_tokens", "gpu_hours")] == [
+        totals[k] for k in ("requests", "input_tokens", "output_tokens", "gpu_hours")
+    ]
     assert not set(out.stdout.split()) & COSTLY_IMPORTS
 
 
