@@ -81,7 +81,8 @@ COUNTER_SQL = (
     "AND kind = :kind"
 )
 UPSERT_COUNTER_SQL = """
-INSERT INTO limit_counters (subject, service_id, kind, window, value) VALUES (?, ?, ?, ?, ?)
+INSERT INTO limit_counters (subject, service_id, kind, window, value)
+VALUES (:subject, :service_id, :kind, :window, :value)
 ON CONFLICT (subject, service_id, kind) DO UPDATE SET window = excluded.window, value = excluded.value
 """
 ADD_TOKENS_SQL = """
@@ -360,7 +361,13 @@ def admit(conn: rawdb.Connection, user_id: str, service_id: str, now: float, tz:
         conn.executemany(
             UPSERT_COUNTER_SQL,
             [
-                (a.subject, a.service_id, a.kind, a.window, a.used)
+                {
+                    "subject": a.subject,
+                    "service_id": a.service_id,
+                    "kind": a.kind,
+                    "window": a.window,
+                    "value": a.used,
+                }
                 for a in d.applied
                 if a.kind in REQUEST_KINDS or a.kind in TOKEN_KINDS
             ],
