@@ -60,10 +60,17 @@ ORDER BY d
 # Requests per service in one local day: a range count on ix_requests_service_started.
 _DAY_SQL = "SELECT count(*) FROM requests WHERE service_id = ? AND started_at >= ? AND started_at < ?"
 
+# A job's run as it is billed: Slurm's Start and End (sacct, filled in when the job ended)
+# where its record arrived, else what the ticks observed. Every GPU figure reads these.
+JOB_START_SQL = "COALESCE(slurm_started_at, started_at)"
+JOB_END_SQL = "COALESCE(slurm_ended_at, ended_at)"
+
 # The columns of a JobSpan, by its field names.
-JOBS_SQL = """
-SELECT id, service_id AS service, gpus, submitted_at, started_at, ready_at, draining_at, ended_at
-FROM jobs WHERE started_at IS NOT NULL AND started_at < ? AND (ended_at IS NULL OR ended_at > ?)
+JOBS_SQL = f"""
+SELECT id, service_id AS service, gpus, submitted_at, {JOB_START_SQL} AS started_at, ready_at,
+       draining_at, {JOB_END_SQL} AS ended_at
+FROM jobs WHERE {JOB_START_SQL} IS NOT NULL AND {JOB_START_SQL} < ?
+  AND ({JOB_END_SQL} IS NULL OR {JOB_END_SQL} > ?)
 ORDER BY id
 """
 
