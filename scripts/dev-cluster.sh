@@ -23,6 +23,10 @@
 # says so. DIR/accounting ("slurmdbd" or "none") and env.sh's
 # DEV_ACCOUNTING tell which. DEV_SLURMDBD=0 switches it off, =1 makes a
 # failure fatal; unset: on when installed. It adds ~10-20 s to a first `up`.
+# With accounting, job memory is enforced by task/cgroup (a job above --mem ends
+# OUT_OF_MEMORY) where /sys/fs/cgroup/memory is a writable cgroup v1 hierarchy,
+# else by jobacct_gather (FAILED 0:9); DIR/memory ("cgroup" or "none") tells
+# which, DEV_MEMCG=0 switches it off, =1 makes its absence fatal.
 #
 # Env overrides: SLURMCTLD_PORT (6817) SLURMD_PORT (6818) SSH_PORT (2222)
 #   SLURMDBD_PORT (6819) DEV_MYSQL_PORT (6820)
@@ -34,8 +38,9 @@
 #   a failure the tail of the failing daemon's log is printed: callers may
 #   delete DIR right after.
 # Needs root (daemons, mknod, /run/sshd). Nothing is written outside DIR except
-# /run/sshd (sshd's compiled-in privilege separation directory); no accounts
-# are created.
+# /run/sshd (sshd's compiled-in privilege separation directory) and, with
+# task/cgroup, the jobs' cgroups under /sys/fs/cgroup/memory/slurm (Slurm
+# removes each when its job ends); no accounts are created.
 set -euo pipefail
 
 usage() { echo "usage: $0 up|down|status DIR" >&2; exit 2; }

@@ -541,7 +541,8 @@ def _accounting_of(c: Cluster) -> str:
         ["scontrol", "show", "config"], env=_slurm_env(c), capture_output=True, text=True, timeout=30
     )
     return next(
-        (x.split("=", 1)[1].strip() for x in p.stdout.splitlines() if x.startswith("AccountingStorageType")), ""
+        (x.split("=", 1)[1].strip() for x in p.stdout.splitlines() if x.startswith("AccountingStorageType")),
+        "",
     )
 
 

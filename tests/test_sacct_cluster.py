@@ -163,23 +163,29 @@ def test_end_reasons_and_times_equal_slurms(
         # What the tick observed: the start is squeue's StartTime (Slurm's own), the end squeue's
         # EndTime when a tick saw the job finished there, else the first tick after it ended.
         assert job["started_at"] is not None and abs(job["started_at"] - rec.start) <= 2, (sid, job, rec)
-        assert job["ended_at"] >= rec.end - 2, (sid, job, rec)
+        assert abs(job["ended_at"] - rec.end) <= 2, (sid, job, rec)
     assert (jobs["ok"]["slurm_gpus"], jobs["timeout"]["slurm_gpus"]) == (1, 2)
-    # Reconciliation over the month: every job on both sides; saia-ctl's GPU time off by
-    # at most what the tick's view of a start and an end can be (2 s each) per GPU.
+    # Reconciliation over the month: every job on both sides; billed from Slurm's record
+    # (every job has one), saia-ctl's GPU time is Slurm's.
     now = time.time()
     window = month_window(month_of(now, "UTC"), "UTC")
     with real["engine"].connect() as c:
         observed = observed_jobs(Session(bind=c), window)
     side = read_slurm_side(slurm, window)
     assert side.checked, side.note
-    result = reconcile(observed, side.records, window, now, real["settings"].job_prefix)
+    # The first job of each service (replacements may start between the last tick and now).
+    first = {int(j["slurm_job_id"]) for j in jobs.values()}
+    observed = [o for o in observed if o.slurm_job_id in first]
+    records = [r for r in side.records if r.job_id in first]
+    result = reconcile(observed, records, window, now, real["settings"].job_prefix)
+    assert sum(r.jobs for r in result.values()) == len(SCRIPTS)
     for sid, r in result.items():
         assert r.saia_only == [] and r.slurm_only == [], (sid, r)
     total_saia = sum(r.saia_gpu_seconds for r in result.values())
     total_slurm = sum(r.slurm_gpu_seconds for r in result.values())
     assert total_slurm > 60  # the timed-out job's 2 GPUs for a minute or more
-    assert abs(total_saia - total_slurm) <= 4 * 3, (total_saia, total_slurm)
+    for sid, r in result.items():
+        assert r.difference_percent is None or abs(r.difference_percent) < 0.1, (sid, r)
     print(f"reconciled: saia-ctl {total_saia:.1f} GPU-s, Slurm {total_slurm:.1f} GPU-s")
     assert jobs["fail"]["slurm_exit_code"] == "3:0"
     assert jobs["ok"]["slurm_account"] == "saia_b"  # the service's account key reached sbatch
@@ -202,7 +208,9 @@ def test_a_job_above_its_memory_ends_out_of_memory(
         "#!/bin/bash\n#SBATCH --mem=20M\n"
         f'{sys.executable} -c "b = b\\"x\\" * (300 * 1024 * 1024); import time; time.sleep(60)"\n'
     )
-    import_services(service_config("oom", sbatch=str(script), maximum_number_instances=1, job_expiry_time="5:00"))
+    import_services(
+        service_config("oom", sbatch=str(script), maximum_number_instances=1, job_expiry_time="5:00")
+    )
     engine, slurm = real["engine"], real["slurm"]
     deadline = time.monotonic() + 120
     job: dict[str, Any] | None = None

@@ -278,7 +278,9 @@ def test_scontrol_pending_cancelled_timeout() -> None:
     # StartTime/EndTime as scontrol prints them without SLURM_TIME_FORMAT (local time).
     assert timeout.end_time is not None and timeout.start_time is not None
     assert timeout.end_time - timeout.start_time == 88
-    assert pend.start_time is None and parse_scontrol_job(read("scontrol_running_gpu.txt"), 5).end_time is None
+    assert (
+        pend.start_time is None and parse_scontrol_job(read("scontrol_running_gpu.txt"), 5).end_time is None
+    )
 
 
 def test_scontrol_weird_name_and_fields() -> None:

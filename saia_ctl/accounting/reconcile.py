@@ -21,12 +21,12 @@ from ..scheduler.names import parse_job_name
 from .figures import dbapi, named
 from .gpu import clip
 from .months import Window
-from .scan import JOB_END_SQL, JOB_START_SQL
+from .scan import JOB_END_SQL, JOB_GPUS_SQL, JOB_START_SQL
 
 UNKNOWN_ACCOUNT = "(unknown)"
 
 _JOBS_SQL = f"""
-SELECT id, service_id, slurm_job_id, gpus, {JOB_START_SQL} AS started_at, {JOB_END_SQL} AS ended_at,
+SELECT id, service_id, slurm_job_id, {JOB_GPUS_SQL} AS gpus, {JOB_START_SQL} AS started_at, {JOB_END_SQL} AS ended_at,
        slurm_account
 FROM jobs
 WHERE {JOB_START_SQL} IS NOT NULL AND {JOB_START_SQL} < ? AND ({JOB_END_SQL} IS NULL OR {JOB_END_SQL} > ?)

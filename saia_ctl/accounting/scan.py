@@ -60,14 +60,18 @@ ORDER BY d
 # Requests per service in one local day: a range count on ix_requests_service_started.
 _DAY_SQL = "SELECT count(*) FROM requests WHERE service_id = ? AND started_at >= ? AND started_at < ?"
 
-# A job's run as it is billed: Slurm's Start and End (sacct, filled in when the job ended)
-# where its record arrived, else what the ticks observed. Every GPU figure reads these.
+# A job's run as it is billed: Slurm's Start, End and allocated GPUs (sacct, filled in when
+# the job ended) where its record arrived, else what the ticks observed (a job too short for
+# any tick to see it run has no observed start nor GPUs). Slurm's GPU count is taken when it
+# counted some: a cluster without AccountingStorageTRES=gres/gpu records none. Every GPU
+# figure reads these.
 JOB_START_SQL = "COALESCE(slurm_started_at, started_at)"
 JOB_END_SQL = "COALESCE(slurm_ended_at, ended_at)"
+JOB_GPUS_SQL = "CASE WHEN slurm_gpus > 0 THEN slurm_gpus ELSE gpus END"
 
 # The columns of a JobSpan, by its field names.
 JOBS_SQL = f"""
-SELECT id, service_id AS service, gpus, submitted_at, {JOB_START_SQL} AS started_at, ready_at,
+SELECT id, service_id AS service, {JOB_GPUS_SQL} AS gpus, submitted_at, {JOB_START_SQL} AS started_at, ready_at,
        draining_at, {JOB_END_SQL} AS ended_at
 FROM jobs WHERE {JOB_START_SQL} IS NOT NULL AND {JOB_START_SQL} < ?
   AND ({JOB_END_SQL} IS NULL OR {JOB_END_SQL} > ?)
