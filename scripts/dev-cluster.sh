@@ -39,8 +39,8 @@
 #   delete DIR right after.
 # Needs root (daemons, mknod, /run/sshd). Nothing is written outside DIR except
 # /run/sshd (sshd's compiled-in privilege separation directory) and, with
-# task/cgroup, the jobs' cgroups under /sys/fs/cgroup/memory/slurm (Slurm
-# removes each when its job ends); no accounts are created.
+# task/cgroup, the jobs' cgroups under /sys/fs/cgroup/memory/slurm_NODE (Slurm
+# removes each when its job ends; the empty slurm_NODE stays); no accounts are created.
 set -euo pipefail
 
 usage() { echo "usage: $0 up|down|status DIR" >&2; exit 2; }
@@ -158,8 +158,8 @@ ssh_ok() { # bounded: whatever else holds the port may accept and never speak SS
 # wants the controllers delegated to it (systemd or a cgroup of its own with
 # cgroup.subtree_control); where /sys/fs/cgroup is a v1 (or hybrid) mount with a
 # writable memory hierarchy, cgroup/v1 works without systemd. Its cgroups are
-# /sys/fs/cgroup/memory/slurm/uid_N/job_N on every cluster of the machine (the
-# "/slurm" prefix is compiled in): each cluster numbers its jobs from a
+# /sys/fs/cgroup/memory/slurm_NODE/uid_N/job_N, NODE the host's short name, so
+# the same on every cluster of the machine: each cluster numbers its jobs from a
 # FirstJobId of its own so that two clusters never share a job's cgroup (Slurm
 # itself serialises their creation and removal with flock on the hierarchy's root).
 MEMCG=/sys/fs/cgroup/memory
