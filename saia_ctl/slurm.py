@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from .durations import DurationError, parse_duration
 from .errors import SaiaError
 from .sacct import ENV as SACCT_ENV
-from .sacct import SacctError, SacctRecord, parse_sacct, sacct_argv, sacct_window_argv
+from .sacct import SacctError, SacctRecord, parse_sacct, parse_time, sacct_argv, sacct_window_argv
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -45,6 +45,8 @@ class SlurmJob:
     time_limit: int | None = None  # seconds; None = UNLIMITED
     gpus: int = 0  # GPUs allocated (or asked for, while pending)
     reason: str | None = None  # pending/finish reason, e.g. Resources, TimeLimit, None
+    start_time: float | None = None  # epoch seconds it started (Slurm's StartTime); None while pending
+    end_time: float | None = None  # epoch seconds it ended (Slurm's EndTime); None until finished
 
     @property
     def is_pending(self) -> bool:
@@ -57,6 +59,11 @@ class SlurmJob:
     @property
     def is_finished(self) -> bool:
         return not (self.is_pending or self.is_running)
+
+    def started_at(self, now: float) -> float:
+        """When it started: Slurm's StartTime (exact, equal to sacct's Start) when squeue
+        printed one, else ``now`` less the elapsed time (whole seconds: up to ~1 s early)."""
+        return self.start_time if self.start_time is not None else now - (self.elapsed or 0)
 
 
 class SlurmClient(Protocol):
@@ -246,9 +253,12 @@ def parse_sbatch(stdout: str) -> int:
 
 # squeue format for queue(): %A is the unique id of each job (array elements
 # included), %B the batch host ("n/a" while pending), %b tres-per-node (the GPUs
-# asked for: "gres:gpu:4" in 22.05). The job name comes last so that names
-# containing the separator cannot break parsing; reasons never contain it.
-SQUEUE_FIELDS = ("%A", "%T", "%B", "%N", "%M", "%l", "%b", "%r", "%j")
+# asked for: "gres:gpu:4" in 22.05), %S and %e the start and end times (epoch
+# seconds through SQUEUE_ENV; for a running job %e is its time limit's end, for a
+# pending one %S an estimate). The job name comes last so that names containing
+# the separator cannot break parsing; reasons never contain it.
+SQUEUE_FIELDS = ("%A", "%T", "%B", "%N", "%M", "%l", "%b", "%r", "%S", "%e", "%j")
+SQUEUE_ENV = {"SLURM_TIME_FORMAT": "%s"}
 SQUEUE_FORMAT = "|".join(SQUEUE_FIELDS)
 
 
@@ -273,10 +283,12 @@ def parse_squeue(stdout: str, name_prefix: str) -> list[SlurmJob]:
         job_id, name, _ = parse_squeue_line(line)
         if not name.startswith(name_prefix):
             continue
-        _, state, batch_host, nodelist, elapsed, limit, gres, rest = line.split("|", 7)
-        reason, _, _name = rest.partition("|")
+        _, state, batch_host, nodelist, elapsed, limit, gres, reason, start, end, _name = line.split(
+            "|", len(SQUEUE_FIELDS) - 1
+        )
         st = parse_state(state)
         pending = st in PENDING_STATES
+        finished = not pending and st not in RUNNING_STATES
         jobs.append(
             SlurmJob(
                 job_id=job_id,
@@ -287,6 +299,8 @@ def parse_squeue(stdout: str, name_prefix: str) -> list[SlurmJob]:
                 time_limit=_optional_duration(limit),
                 gpus=parse_gpus(gres),
                 reason=_reason(reason),
+                start_time=None if pending else parse_time(start),
+                end_time=parse_time(end) if finished else None,
             )
         )
     return jobs
@@ -315,6 +329,7 @@ def parse_scontrol_job(stdout: str, job_id: int) -> SlurmJob:
         try:
             st = parse_state(f["JobState"])
             pending = st in PENDING_STATES
+            finished = not pending and st not in RUNNING_STATES
             gres = f.get("TresPerNode") or f.get("TresPerJob") or f.get("Gres") or ""
             return SlurmJob(
                 job_id=job_id,
@@ -327,6 +342,8 @@ def parse_scontrol_job(stdout: str, job_id: int) -> SlurmJob:
                 time_limit=_optional_duration(f.get("TimeLimit", "")),
                 gpus=parse_gpus(gres),
                 reason=_reason(f.get("Reason", "")),
+                start_time=None if pending else parse_time(f.get("StartTime", "")),
+                end_time=parse_time(f.get("EndTime", "")) if finished else None,
             )
         except KeyError as e:
             raise ValueError(f"scontrol output lacks {e.args[0]}: {line[:200]!r}") from None
@@ -454,7 +471,7 @@ class RealSlurm:
         return self._run([self._cmd(name), *args])
 
     def queue(self, name_prefix: str) -> list[SlurmJob]:
-        proc = self._run([self._cmd("squeue"), "-h", "-t", "all", "-o", SQUEUE_FORMAT])
+        proc = self._run([self._cmd("squeue"), "-h", "-t", "all", "-o", SQUEUE_FORMAT], SQUEUE_ENV)
         if proc.returncode != 0:
             raise self._failure(proc)
         try:
@@ -489,7 +506,7 @@ class RealSlurm:
             raise self._failure(proc)
 
     def job_info(self, job_id: int) -> SlurmJob | None:
-        proc = self._run([self._cmd("scontrol"), "show", "job", "-o", str(int(job_id))])
+        proc = self._run([self._cmd("scontrol"), "show", "job", "-o", str(int(job_id))], SQUEUE_ENV)
         if proc.returncode != 0:
             if "Invalid job id specified" in (proc.stderr or ""):
                 return None

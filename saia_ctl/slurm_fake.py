@@ -92,7 +92,7 @@ class FakeSlurm:
         self._check("cancel")
         fj = self.jobs.get(job_id)
         if fj is not None and not fj.job.is_finished:
-            fj.job = replace(fj.job, state="CANCELLED")
+            fj.job = replace(fj.job, state="CANCELLED", end_time=self.clock())
 
     def job_info(self, job_id: int) -> SlurmJob | None:
         self._check("job_info")
@@ -105,11 +105,11 @@ class FakeSlurm:
     def start(self, job_id: int, node: str = "node1") -> None:
         fj = self.jobs[job_id]
         fj.started_at = self.clock()
-        fj.job = replace(fj.job, state="RUNNING", node=node, elapsed=0)
+        fj.job = replace(fj.job, state="RUNNING", node=node, elapsed=0, start_time=fj.started_at)
 
     def finish(self, job_id: int, state: str = "COMPLETED", reason: str | None = None) -> None:
         fj = self.jobs[job_id]
-        fj.job = replace(fj.job, state=state, reason=reason)
+        fj.job = replace(fj.job, state=state, reason=reason, end_time=self.clock())
 
     def forget(self, job_id: int) -> None:
         """Slurm purged the job (MinJobAge passed): neither squeue nor scontrol know it."""

@@ -199,10 +199,22 @@ def test_a_months_gpu_time_equals_exact_rationals(rows: Rows, home: Path, seed: 
     for _ in range(rng.randint(2, 6)):
         service = rng.choice(["svc-a", "svc-b"])
         job, reqs = random_job_and_requests(rng, service=service)
+        # An ended job whose Slurm record arrived is billed from Slurm's times and GPUs: its
+        # row keeps what the ticks observed (a start a little late, the end one tick late), or
+        # nothing (too short for any tick to see it run: no start, no GPUs).
+        billed_by_slurm = job.ended_at is not None and job.started_at is not None and rng.random() < 0.5
+        seen = (
+            (rng.choice([None, job.started_at + 0.5]), job.ended_at + rng.uniform(1, 30))
+            if billed_by_slurm
+            else (job.started_at, job.ended_at)
+        )
         job_id = rows.job(
-            service, job.started_at, job.ended_at, ready=job.ready_at, draining=job.draining_at,
-            submitted=job.submitted_at, gpus=job.gpus,
+            service, seen[0], seen[1], ready=job.ready_at, draining=job.draining_at,
+            submitted=job.submitted_at, gpus=job.gpus if seen[0] is not None else 0,
         )  # fmt: skip
+        if billed_by_slurm:
+            assert job.ended_at is not None
+            rows.slurm_record(job_id, job.started_at, job.ended_at, gpus=job.gpus)
         job = JobSpan(
             job_id, job.service, job.gpus, job.submitted_at, job.started_at, job.ready_at,
             job.draining_at, job.ended_at,
@@ -318,13 +330,25 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
         c.duration_p50, c.duration_p95 = rank(d, 50), rank(d, 95)
         c.ttfb_p50, c.ttfb_p95 = rank(f, 50), rank(f, 95)
 
+    # A job is billed from Slurm's start, end and GPUs where its record arrived (its GPUs if
+    # it counted any), else as observed.
     jobs = [
-        JobSpan(*r)
-        for r in conn.execute(
-            "SELECT id, service_id, gpus, submitted_at, started_at, ready_at, draining_at, ended_at"
-            " FROM jobs WHERE started_at IS NOT NULL ORDER BY id"
+        JobSpan(
+            i,
+            s,
+            slurm_gpus if slurm_gpus else g,
+            sub,
+            start if slurm_start is None else slurm_start,
+            ready,
+            drain,
+            end if slurm_end is None else slurm_end,
+        )
+        for i, s, g, sub, start, ready, drain, end, slurm_start, slurm_end, slurm_gpus in conn.execute(
+            "SELECT id, service_id, gpus, submitted_at, started_at, ready_at, draining_at, ended_at,"
+            " slurm_started_at, slurm_ended_at, slurm_gpus FROM jobs ORDER BY id"
         )
     ]
+    jobs = [j for j in jobs if j.started_at is not None]
     busy: defaultdict[int, list[tuple[float, float | None, str]]] = defaultdict(list)
     for job_id, u, start, end in conn.execute(
         "SELECT job_id, user_id, started_at, ended_at FROM requests WHERE job_id IS NOT NULL ORDER BY id"
@@ -366,8 +390,12 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
 def test_report_equals_the_row_by_row_reference(
     rows: Rows, engine: Any, home: Path, seed: int, tz: str
 ) -> None:
-    random_month(rows, seed, n_requests=300)
+    jobs = random_month(rows, seed, n_requests=300)
     rng = random.Random(seed)
+    for job_id, _service, start, end in jobs[::2]:  # Slurm's record of every other job
+        if end < NOW:
+            gpus = rng.choice([None, 0, 3])  # the row's; none counted (no gres/gpu TRES); others
+            rows.slurm_record(job_id, start - rng.uniform(0, 2), end - rng.uniform(0, 30), gpus=gpus)
     for _ in range(40):  # requests right at the month and day edges, and some in flight
         edge = rng.choice([MAY, MAY + 86400 * rng.randint(1, 30), MAY + 31 * 86400])
         start = edge + rng.choice([-1.0, -0.001, 0.0, 0.5, rng.uniform(-7200, 7200)])

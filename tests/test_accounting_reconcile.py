@@ -129,3 +129,37 @@ def test_a_running_job_counts_until_now_on_both_sides() -> None:
     rec = SacctRecord(7, "RUNNING", "0:0", MAY + 10, None, 0, 2, "a", "p", "q", "t_1_svc")
     [r] = reconcile([job], [rec], window, MAY + 110, "t").values()
     assert (r.saia_gpu_seconds, r.slurm_gpu_seconds, r.difference_percent) == (200, 200, 0)
+
+
+def test_a_job_with_slurms_record_is_billed_from_it(
+    rows: Rows, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report and its reconciliation bill Slurm's Start..End once the record arrived: a job
+    the ticks saw end late, and one too short for any tick to see running."""
+    prefix = Settings(home=str(home)).job_prefix
+    seen = rows.job("svc-a", MAY + 100.6, MAY + 404.2, slurm_id=601, gpus=2)  # ticks: start late, end late
+    rows.slurm_record(seen, MAY + 100, MAY + 362)
+    unseen = rows.job("svc-a", None, MAY + 500, slurm_id=602, gpus=0)  # never seen running: no GPUs
+    rows.slurm_record(unseen, MAY + 450, MAY + 458, gpus=1)
+    # A cluster whose accounting counts no GPUs (no AccountingStorageTRES=gres/gpu): the ticks' count.
+    untracked = rows.job("svc-b", MAY + 1000, MAY + 1100, slurm_id=603, gpus=4)
+    rows.slurm_record(untracked, MAY + 1000, MAY + 1090, gpus=0)
+    body = "\n".join(
+        [
+            _line(601, f"{prefix}_{seen}_svc-a", MAY + 100, MAY + 362, 2),
+            _line(602, f"{prefix}_{unseen}_svc-a", MAY + 450, MAY + 458, 1),
+        ]
+    )
+    (tmp_path / "records.txt").write_text(body + "\n")
+    _sacct(tmp_path, monkeypatch, f"cat {tmp_path / 'records.txt'}\n")
+    r = cli("report", "--month", "2026-05", "--tz", "UTC", "--reconcile", "--format", "json")
+    assert r.exit_code == 0, r.output
+    [row, _b] = json.loads(r.stdout)
+    assert (row["jobs"], row["difference_gpu_seconds"], row["saia_only_jobs"]) == (2, 0.0, "")
+    r = cli(
+        "report", "--month", "2026-05", "--tz", "UTC", "--by", "service", "--format", "json", "--no-files"
+    )
+    assert r.exit_code == 0, r.output
+    svc, b = json.loads(r.stdout)["services"]
+    assert svc["gpu_hours"] == round((262 * 2 + 8) / 3600, 3) and svc["jobs"] == 2
+    assert b["gpu_hours"] == round(90 * 4 / 3600, 3)

@@ -524,3 +524,66 @@ def test_slurmd_killed_jobs_noticed_lost_and_replaced(ctx: Ctx, import_services,
     slurm_jobs = _ours(c)
     assert sorted(r["slurm_job_id"] for r in rows) == sorted(j.job_id for j in slurm_jobs), (rows, slurm_jobs)
     assert lease_holder(c) is None
+
+
+# --- 4. the node set DOWN under a running job: Slurm's NODE_FAIL, recorded as such ------
+
+
+def _scontrol_node(c: Cluster, state: str, reason: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = ["scontrol", "update", f"nodename={c.node}", f"state={state}"]
+    if reason is not None:
+        argv.append(f"reason={reason}")
+    return subprocess.run(argv, env=_slurm_env(c), capture_output=True, text=True, timeout=30)
+
+
+def _accounting_of(c: Cluster) -> str:
+    p = subprocess.run(
+        ["scontrol", "show", "config"], env=_slurm_env(c), capture_output=True, text=True, timeout=30
+    )
+    return next(
+        (x.split("=", 1)[1].strip() for x in p.stdout.splitlines() if x.startswith("AccountingStorageType")),
+        "",
+    )
+
+
+@pytest.mark.cluster
+def test_node_down_under_a_job_ends_it_node_fail_as_slurm_records(ctx: Ctx, import_services) -> None:  # type: ignore[no-untyped-def]
+    """An administrator sets the node DOWN while a ready job runs on it: Slurm ends the job
+    NODE_FAIL (saia-ctl submits with --no-requeue); the row ends ``node-failure`` with Slurm's
+    own record (state, start and end) next to what the ticks observed, within 2 s of it."""
+    c = ctx
+    if _accounting_of(c.cluster) != "accounting_storage/slurmdbd":
+        pytest.skip("the private cluster has no Slurm accounting (slurmdbd): no record to compare with")
+    import_services(service_config("nf", sbatch=str(BACKEND), maximum_number_instances=1))
+    tick_until(c, lambda: [r["state"] for r in live(c, "nf")] == ["ready"], 120, "the service ready")
+    [job] = live(c, "nf")
+    down = _scontrol_node(c.cluster, "down", "saia-test-node-failure")
+    assert down.returncode == 0, down.stderr
+    try:
+
+        def recorded() -> bool:
+            return jobs(c, f"id = {job['id']}")[0]["slurm_state"] is not None
+
+        # slurmdbd writes the end a moment after squeue shows it: a later tick fills it in.
+        tick_until(c, recorded, 120, "Slurm's record of the job on the downed node", 1)
+    finally:
+        # ReturnToService=2 may already have brought it back: "resume" is then refused.
+        _scontrol_node(c.cluster, "resume")
+        _wait(lambda: _node_state(c.cluster) in ("idle", "mix", "alloc"), 90, f"node {c.cluster.node} back")
+    [row] = jobs(c, f"id = {job['id']}")
+    p = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-j", str(row["slurm_job_id"]), "-o", "State,Start,End"],
+        env={**_slurm_env(c.cluster), "SLURM_TIME_FORMAT": "%s"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    state, start, end = p.stdout.strip().split("|")
+    assert state == "NODE_FAIL", p.stdout
+    assert (row["end_reason"], row["slurm_state"]) == ("node-failure", "NODE_FAIL"), row
+    assert (row["slurm_started_at"], row["slurm_ended_at"]) == (float(start), float(end)), row
+    assert abs(row["started_at"] - float(start)) <= 2 and abs(row["ended_at"] - float(end)) <= 2, row
+    # Lost with its node and replaced; the replacement runs once the node is back.
+    tick_until(c, lambda: [r["state"] for r in live(c, "nf")] == ["ready"], 120, "the replacement ready")
+    assert lease_holder(c) is None

@@ -541,6 +541,32 @@ def test_job_gone_from_queue_gets_reason(import_services, tick, engine, fake, cl
     assert reasons == {a: "timeout", b: "gone"}
 
 
+def test_start_and_end_are_slurms_times_from_squeue(import_services, tick, engine, fake, clock) -> None:  # type: ignore[no-untyped-def]
+    """squeue's StartTime and EndTime, not the ticks' times: a job that started 7.6 s before
+    the tick that first saw it run, and ended 4.3 s before the tick that saw it finished."""
+    import_services(cfg(minimum_number_instances=1))
+    tick()
+    [a] = sorted(fake.jobs)
+    fake.start(a)
+    started = clock()
+    clock.advance(7.6)
+    tick()
+    [row] = jobs(engine)
+    assert row["started_at"] == started  # not now - int(elapsed) = started + 0.6
+    # An estimate made without StartTime (the watcher's, a row of an older version) is corrected.
+    sql(engine, "UPDATE jobs SET started_at = started_at + 0.9")
+    clock.advance(5)
+    tick()
+    assert jobs(engine)[0]["started_at"] == started
+    clock.advance(20)
+    fake.finish(a, "FAILED")
+    finished = clock()
+    clock.advance(4.3)
+    tick()
+    row = jobs(engine)[0]
+    assert (row["ended_at"], row["end_reason"]) == (finished, "failed")
+
+
 def _record(fake: FakeSlurm, job_id: int, state: str, **kw: Any) -> SacctRecord:
     values: dict[str, Any] = {
         "job_id": job_id,

@@ -161,7 +161,8 @@ def test_parse_sbatch_rejects(text: str) -> None:
 
 def test_captured_output_matches_the_format_used() -> None:
     # Every captured squeue file was made with SQUEUE_FORMAT; a change of format must re-capture.
-    assert SQUEUE_FORMAT == "%A|%T|%B|%N|%M|%l|%b|%r|%j"
+    # tests/data/slurm/capture-squeue.sh makes them.
+    assert SQUEUE_FORMAT == "%A|%T|%B|%N|%M|%l|%b|%r|%S|%e|%j"
 
 
 def test_squeue_running_and_pending() -> None:
@@ -173,21 +174,26 @@ def test_squeue_running_and_pending() -> None:
         "RUNNING",
         "vm",
         4,
-        10,
+        8,
         300,
         None,
     )
+    # Slurm's StartTime (epoch seconds); %e of a running job is its time limit's end: not an end.
+    assert (gpu.start_time, gpu.end_time) == (1796204569, None)
     assert gpu.is_running
     pend = jobs[6]
-    assert (pend.state, pend.node, pend.gpus, pend.reason, pend.elapsed) == (
+    assert (pend.state, pend.node, pend.gpus, pend.reason, pend.elapsed, pend.start_time, pend.end_time) == (
         "PENDING",
         None,
         1,
         "Resources",
         None,
+        None,  # %S of a pending job is Slurm's estimate, not a start
+        None,
     )
     assert pend.is_pending
-    assert jobs[7].time_limit == 60 and jobs[7].reason == "Priority"
+    assert jobs[7].time_limit == 60 and jobs[7].state == "RUNNING"  # backfilled: its limit ends first
+    assert jobs[8].time_limit == 300 and jobs[8].reason == "Priority"
     # A name holding the separator and spaces survives intact.
     assert jobs[8].name == "cap-weird|name with spaces"
 
@@ -203,11 +209,15 @@ def test_squeue_completing_cancelled_timeout() -> None:
     assert completing[1].state == "COMPLETING" and completing[1].is_running
     cancelled = {j.job_id: j for j in parse_squeue(read("squeue_cancelled.txt"), "cap-")}
     assert cancelled[1].state == "CANCELLED" and cancelled[1].is_finished and cancelled[1].node == "vm"
+    assert (cancelled[1].start_time, cancelled[1].end_time) == (1796204569, 1796204577)
+    assert completing[1].end_time is None  # still completing: not ended yet
     to_cg = {j.job_id: j for j in parse_squeue(read("squeue_timeout_completing.txt"), "cap-timeout")}
     assert to_cg[7].state == "COMPLETING" and to_cg[7].reason == "TimeLimit"
     timeout = {j.job_id: j for j in parse_squeue(read("squeue_timeout.txt"), "cap-timeout")}
     assert timeout[7].state == "TIMEOUT" and timeout[7].is_finished
     assert timeout[7].elapsed == 88 and timeout[7].time_limit == 60  # ran past its limit, as Slurm does
+    assert timeout[7].end_time is not None and timeout[7].start_time is not None
+    assert timeout[7].end_time - timeout[7].start_time == 88
 
 
 @pytest.mark.parametrize(
@@ -215,21 +225,23 @@ def test_squeue_completing_cancelled_timeout() -> None:
     [
         "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
         "1|RUNNING|vm\n",
-        "x|RUNNING|vm|vm|0:01|5:00|N/A|None|cap-a\n",
+        "x|RUNNING|vm|vm|0:01|5:00|N/A|None|1796204569|1796204869|cap-a\n",
         "JOBID PARTITION NAME\n",
     ],
 )
 def test_squeue_garbage_raises_not_empty(garbage: str) -> None:
-    good = "1|RUNNING|vm|vm|0:01|5:00|N/A|None|cap-a\n"
+    good = "1|RUNNING|vm|vm|0:01|5:00|N/A|None|1796204569|1796204869|cap-a\n"
     with pytest.raises(ValueError):
         parse_squeue(good + garbage, "cap-")
 
 
 def test_squeue_bad_fields_of_our_job_raise() -> None:
     with pytest.raises(ValueError):
-        parse_squeue("1|WEIRD|vm|vm|0:01|5:00|N/A|None|cap-a\n", "cap-")
+        parse_squeue("1|WEIRD|vm|vm|0:01|5:00|N/A|None|1796204569|1796204869|cap-a\n", "cap-")
     with pytest.raises(DurationError):
-        parse_squeue("1|RUNNING|vm|vm|later|5:00|N/A|None|cap-a\n", "cap-")
+        parse_squeue("1|RUNNING|vm|vm|later|5:00|N/A|None|1796204569|1796204869|cap-a\n", "cap-")
+    with pytest.raises(ValueError):
+        parse_squeue("1|RUNNING|vm|vm|0:01|5:00|N/A|None|soon|1796204869|cap-a\n", "cap-")
 
 
 def test_squeue_controller_down_capture() -> None:
@@ -262,6 +274,12 @@ def test_scontrol_pending_cancelled_timeout() -> None:
         "TimeLimit",
         88,
         60,
+    )
+    # StartTime/EndTime as scontrol prints them without SLURM_TIME_FORMAT (local time).
+    assert timeout.end_time is not None and timeout.start_time is not None
+    assert timeout.end_time - timeout.start_time == 88
+    assert (
+        pend.start_time is None and parse_scontrol_job(read("scontrol_running_gpu.txt"), 5).end_time is None
     )
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from ..rawdb import deferred, immediate
 from .figures import COUNT_FIELDS, named
 from .months import month_window
-from .row_sql import CURSOR_SQL
+from .row_sql import CURSOR_SQL, JOB_START_SQL
 from .scan import Progress, Span, scan
 from .sorted_runs import pack, unpack
 from .zones import month_of
@@ -59,7 +59,7 @@ MARGIN = 900.0
 LEDGER_TABLES = ("ledger_users", "ledger_services", "ledger_days", "ledger_jobs")
 
 _OPEN_SQL = "SELECT MIN(started_at) FROM requests WHERE ended_at IS NULL"
-_FIRST_SQL = "SELECT MIN(t) FROM (SELECT MIN(started_at) AS t FROM requests UNION ALL SELECT MIN(started_at) FROM jobs)"
+_FIRST_SQL = f"SELECT MIN(t) FROM (SELECT MIN(started_at) AS t FROM requests UNION ALL SELECT MIN({JOB_START_SQL}) FROM jobs)"
 
 # Rows that arrived after the last fold but started before its end: read through the rowid
 # range (the rows inserted since that fold), never the started_at index (millions of rows).

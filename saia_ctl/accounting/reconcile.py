@@ -1,8 +1,9 @@
 """saia-ctl's GPU time against Slurm's own accounting (sacct), per service and per account.
 
-saia-ctl's figure for a job is what its ticks observed: GPUs x (started_at to
-ended_at, or now), clipped to the month. Slurm's is AllocTRES gres/gpu x (Start
-to End, or now), clipped the same way. Jobs are matched by Slurm job id; a job
+saia-ctl's figure for a job is the one its report bills: GPUs x (start to end,
+or now), clipped to the month, where start and end are Slurm's once the job's
+record arrived (``row_sql.JOB_START_SQL``) and what the ticks observed before.
+Slurm's is AllocTRES gres/gpu x (Start to End, or now), clipped the same way. Jobs are matched by Slurm job id; a job
 on one side only is listed. Pure functions over rows and records: the CLI
 fetches both.
 """
@@ -20,20 +21,22 @@ from ..scheduler.names import parse_job_name
 from .figures import dbapi, named
 from .gpu import clip
 from .months import Window
+from .row_sql import JOB_END_SQL, JOB_GPUS_SQL, JOB_START_SQL
 
 UNKNOWN_ACCOUNT = "(unknown)"
 
-_JOBS_SQL = """
-SELECT id, service_id, slurm_job_id, gpus, started_at, ended_at, slurm_account
+_JOBS_SQL = f"""
+SELECT id, service_id, slurm_job_id, {JOB_GPUS_SQL} AS gpus, {JOB_START_SQL} AS started_at, {JOB_END_SQL} AS ended_at,
+       slurm_account
 FROM jobs
-WHERE started_at IS NOT NULL AND started_at < ? AND (ended_at IS NULL OR ended_at > ?)
+WHERE {JOB_START_SQL} IS NOT NULL AND {JOB_START_SQL} < ? AND ({JOB_END_SQL} IS NULL OR {JOB_END_SQL} > ?)
 ORDER BY id
 """
 
 
 @dataclass(frozen=True)
 class ObservedJob:
-    """A job row as the ticks saw it."""
+    """A job row as the report bills it (Slurm's times where its record arrived)."""
 
     id: int
     service: str

@@ -36,10 +36,20 @@ COUNTER_SQL = {
     "output_tokens": "IFNULL(SUM(output_tokens), 0)",
 }
 
+# A job's run as it is billed: Slurm's Start, End and allocated GPUs (sacct, filled in when
+# the job ended) where its record arrived, else what the ticks observed (a job too short for
+# any tick to see it run has no observed start nor GPUs). Slurm's GPU count is taken when it
+# counted some: a cluster without AccountingStorageTRES=gres/gpu records none. Every GPU
+# figure reads these.
+JOB_START_SQL = "COALESCE(slurm_started_at, started_at)"
+JOB_END_SQL = "COALESCE(slurm_ended_at, ended_at)"
+JOB_GPUS_SQL = "CASE WHEN slurm_gpus > 0 THEN slurm_gpus ELSE gpus END"
+
 # The columns of a JobSpan, in the order of its fields.
-JOBS_SQL = """
-SELECT id, service_id, gpus, submitted_at, started_at, ready_at, draining_at, ended_at
-FROM jobs WHERE started_at IS NOT NULL AND started_at < ? AND (ended_at IS NULL OR ended_at > ?)
+JOBS_SQL = f"""
+SELECT id, service_id, {JOB_GPUS_SQL}, submitted_at, {JOB_START_SQL}, ready_at, draining_at, {JOB_END_SQL}
+FROM jobs WHERE {JOB_START_SQL} IS NOT NULL AND {JOB_START_SQL} < ?
+  AND ({JOB_END_SQL} IS NULL OR {JOB_END_SQL} > ?)
 ORDER BY id
 """
 

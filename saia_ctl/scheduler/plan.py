@@ -352,8 +352,13 @@ class _Planner:
         self.plan.actions.append(action)
 
     # --- 1. reconcile with Slurm
-    def end(self, w: _Work, reason: str, record: SacctRecord | None = None) -> None:
-        w.set(state=_ENDED, ended_at=self.now, end_reason=reason)
+    def end(
+        self, w: _Work, reason: str, record: SacctRecord | None = None, ended_at: float | None = None
+    ) -> None:
+        """End the row: ``ended_at`` is Slurm's end time when squeue still showed it (never
+        after this tick), else this tick's time (the first tick that saw the job gone)."""
+        at = self.now if ended_at is None else min(ended_at, self.now)
+        w.set(state=_ENDED, ended_at=at, end_reason=reason)
         if record is not None:
             # Slurm's own record, next to what the ticks observed (started_at, ended_at, gpus).
             w.set(
@@ -412,7 +417,7 @@ class _Planner:
             if sj.is_finished:
                 record = self.final_record(w)
                 reason = end_reason_of_state(record.state) if record else end_reason_from_slurm(sj)
-                self.end(w, w.end_reason or reason, record)
+                self.end(w, w.end_reason or reason, record, sj.end_time)
             elif sj.is_pending:
                 if w.state in (_SUBMITTING, _STARTING, _READY):
                     if w.state != _SUBMITTING:  # requeued by Slurm
@@ -436,8 +441,9 @@ class _Planner:
             w.set(state=_STARTING)
         if w.node != sj.node and sj.node:
             w.set(node=sj.node)
-        if w.started_at is None:
-            w.set(started_at=self.now - (sj.elapsed or 0))
+        # Slurm's StartTime corrects an estimate made without it (a watcher's, an older row's).
+        if w.started_at is None or (sj.start_time is not None and w.started_at != sj.start_time):
+            w.set(started_at=sj.started_at(self.now))
         if w.walltime_limit != sj.time_limit:
             w.set(walltime_limit=sj.time_limit)
         if sj.gpus and sj.gpus != w.view.gpus:

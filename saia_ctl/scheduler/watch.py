@@ -82,7 +82,7 @@ def watch_waiting(
                         {
                             "id": r.id,
                             "node": sj.node,
-                            "start": now - (sj.elapsed or 0),
+                            "start": sj.started_at(now),
                             "limit": sj.time_limit,
                         }
                     )

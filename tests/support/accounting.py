@@ -71,6 +71,16 @@ class Rows:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
+    def slurm_record(
+        self, job: int, start: float | None, end: float, state: str = "COMPLETED", gpus: int | None = None
+    ) -> None:
+        """Slurm's record of an ended job, as the tick fills it in from sacct (GPUs: the row's)."""
+        self.conn.execute(
+            "UPDATE jobs SET slurm_state = ?, slurm_exit_code = '0:0', slurm_started_at = ?, slurm_ended_at = ?,"
+            " slurm_gpus = COALESCE(?, gpus) WHERE id = ?",
+            (state, start, end, gpus, job),
+        )
+
     def request(
         self,
         user: str,
