@@ -354,7 +354,10 @@ def foreign_job(c: Ctx) -> int:
 def test_slurmctld_sigkilled_during_ticks_loses_and_duplicates_nothing(ctx: Ctx, import_services) -> None:  # type: ignore[no-untyped-def]
     c = ctx
     import_services(service_config("svc", sbatch=str(BACKEND), minimum_number_instances=2))
-    ready2 = lambda: len([r for r in live(c, "svc") if r["state"] == "ready"]) == 2  # noqa: E731
+    # Two ready jobs and nothing else live: a replacement submitted for a job Slurm lost, or
+    # a surplus job, settles within a few ticks (seen in CI: a third live row right after
+    # the second job became ready).
+    ready2 = lambda: [r["state"] for r in live(c, "svc")] == ["ready", "ready"]  # noqa: E731
     foreign: list[int] = []
     survived: list[str] = []
     try:
