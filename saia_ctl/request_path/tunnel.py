@@ -121,7 +121,7 @@ class Batcher(records.Records):
 
     def _write(self, items: list[_Item]) -> None:
         conn = self._connection()
-        with rawdb.immediate(conn):
+        with rawdb.immediate(conn, poll=self.settings.busy_timeout):
             results = [_apply(conn, item) for item in items]
         self.transactions += 1
         for item, result in zip(items, results, strict=True):
