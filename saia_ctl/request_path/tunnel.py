@@ -199,10 +199,25 @@ def _apply(conn: rawdb.Connection, item: _Item) -> object:
 class Stream:
     """One request of the session: the handler's thread and its two descriptors."""
 
-    __slots__ = ("body_w", "cancelled", "handler_rc", "id", "lock", "out_done", "out_r", "thread")
+    __slots__ = (
+        "body_w",
+        "cancelled",
+        "credit",
+        "handler_rc",
+        "id",
+        "lock",
+        "out_done",
+        "out_r",
+        "paused",
+        "thread",
+    )
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, credit: int | None) -> None:
         self.id = stream_id
+        # Bytes of DATA the proxy still takes (None: no flow control). At 0 the pump stops
+        # reading the handler's stdout: its writes block, and it stops reading the backend.
+        self.credit = credit
+        self.paused = False  # the pump does not read out_r until the proxy grants more
         self.body_w: int | None = None  # write end of the handler's stdin
         self.out_r: _socket.socket | None = None  # the tunnel's end of the handler's stdout
         self.thread: threading.Thread | None = None
@@ -235,6 +250,8 @@ class Tunnel:
         self.streams: dict[int, Stream] = {}
         self.last_opened = 0
         self.dead = False
+        self.window: int | None = None  # each stream's first window, once the proxy offered flow control
+        self._broken: bytes | None = None  # why the session must end (a malformed frame of stream 0)
         self._out_lock = threading.Lock()
         self._out: list[bytes] = []  # frames waiting to be written
         self._writing = False  # a thread is writing them
@@ -296,6 +313,12 @@ class Tunnel:
                     break
                 for kind, sid, payload in frames:
                     self.dispatch(kind, sid, payload)
+                    if self._broken is not None:
+                        break
+                if self._broken is not None:
+                    self.send(tf.ERROR, 0, self._broken)
+                    rc = 1
+                    break
         finally:
             global _session_ending
             _session_ending = True  # a signal now must not interrupt the shutdown (see _on_signal)
@@ -310,6 +333,9 @@ class Tunnel:
             return
         if kind == tf.OPEN:
             self._open(sid, payload)
+            return
+        if kind == tf.WINDOW and sid == 0:
+            self._offer(payload)
             return
         st = self.streams.get(sid)
         if st is None:
@@ -328,6 +354,35 @@ class Tunnel:
             self._close_body(st)
         elif kind == tf.CANCEL:
             self._cancel(st)
+        elif kind == tf.WINDOW:
+            self._grant(st, payload)
+
+    def _offer(self, payload: bytes) -> None:
+        """The proxy does flow control: streams opened from now on start with this window."""
+        size = tf.window_size(payload)
+        if size is None:
+            self._broken = b"malformed window frame"
+            return
+        self.window = size
+        self.send(tf.WINDOW, 0, payload)  # the answer: this login node keeps to windows
+
+    def _grant(self, st: Stream, payload: bytes) -> None:
+        size = tf.window_size(payload)
+        if size is None:
+            self.send(tf.ERROR, st.id, b"malformed window frame")
+            self._cancel(st)
+            return
+        with st.lock:
+            if st.credit is None:
+                return  # opened before the offer: not flow controlled
+            st.credit = min(st.credit + size, tf.MAX_WINDOW)
+            self._resume(st)
+
+    def _resume(self, st: Stream) -> None:
+        """(Under ``st.lock``.) The pump reads the stream's output again."""
+        if st.paused and st.out_r is not None:
+            st.paused = False
+            self._poller.register(st.out_r.fileno(), select.EPOLLIN)
 
     def _open(self, sid: int, command: bytes) -> None:
         if sid == 0 or sid <= self.last_opened:
@@ -345,7 +400,7 @@ class Tunnel:
             self.send(tf.DATA, sid, wire.error_response(e.status, e.message))
             self.send(tf.DONE, sid, b"error")
             return
-        st = Stream(sid)
+        st = Stream(sid, self.window)
         body_r, st.body_w = os.pipe()
         out_r, out_w = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         st.out_r = out_r
@@ -378,6 +433,7 @@ class Tunnel:
         self._close_body(st)
         with st.lock:
             sock = st.out_r
+            self._resume(st)  # what is left is read and dropped, so the stream can end
         if sock is not None:
             try:
                 sock.shutdown(_socket.SHUT_RDWR)
@@ -421,12 +477,17 @@ class Tunnel:
                     st = self._by_fd.get(fd)
                 if st is None or st.out_r is None:
                     continue
+                credit = st.credit
                 try:
-                    data = st.out_r.recv(_RECV)
+                    data = st.out_r.recv(
+                        _RECV if credit is None or st.cancelled else max(1, min(credit, _RECV))
+                    )
                 except OSError:
                     data = b""
                 if data:
                     if not st.cancelled:
+                        if credit is not None:
+                            self._spend(st, len(data))
                         self.send(tf.DATA, st.id, data)
                     continue
                 with self._streams_lock:
@@ -437,6 +498,15 @@ class Tunnel:
                     st.out_r = None
                 st.out_done = True
                 self._maybe_done(st)
+
+    def _spend(self, st: Stream, n: int) -> None:
+        """(The pump.) ``n`` bytes of the stream's window used; at 0, stop reading it."""
+        with st.lock:
+            assert st.credit is not None
+            st.credit -= n
+            if st.credit <= 0 and not st.cancelled and st.out_r is not None and not st.paused:
+                st.paused = True
+                self._poller.unregister(st.out_r.fileno())
 
     def _maybe_done(self, st: Stream) -> None:
         with st.lock:
