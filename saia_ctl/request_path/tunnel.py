@@ -26,11 +26,12 @@ import os
 import select
 import threading
 import time
+from _queue import Empty, SimpleQueue
 
 from .. import rawdb
 from . import records, store, wire
 from . import tunnel_frames as tf
-from .forward import ClientGone, write_all
+from .forward import Backends, ClientGone, write_all
 from .log import Log
 
 TYPE_CHECKING = False
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from .admission import Decision
 
     # handler.handle_request, passed in (the handler imports this module)
-    Handle = Callable[[wire.ParsedRequest, Settings, int, int, Log, records.Records], int]
+    Handle = Callable[[wire.ParsedRequest, Settings, int, int, Log, records.Records, Backends], int]
 
 _signal = __import__("_signal")
 
@@ -50,6 +51,7 @@ MAX_STREAMS = 4096  # streams open at once in one session
 _RECV = 65536
 HOLD_CACHE = 1.0  # seconds a service's hold time (and whether it is enabled) is reused
 SHUTDOWN_WAIT = 30.0  # seconds the handlers get to close their rows when the session ends
+IDLE_WORKER = 30.0  # seconds a handler thread waits for the next stream before it ends
 
 
 class Batcher(records.Records):
@@ -196,6 +198,63 @@ def _apply(conn: rawdb.Connection, item: _Item) -> object:
     return None
 
 
+class Workers:
+    """The threads that run the streams' handlers, each kept for the next stream
+    (starting a thread per stream cost a clone and a handshake with it every time);
+    one idle for ``IDLE_WORKER`` seconds ends."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job; each job put is taken by one of them
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self.started = 0  # threads started (tests see the reuse)
+
+    def run(self, fn: Callable[..., None], *args: object) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put((fn, args))
+                return
+            self.started += 1
+            thread = threading.Thread(target=self._main, args=((fn, args),), name="stream", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _main(self, job: tuple[Callable[..., None], tuple[object, ...]] | None) -> None:
+        while job is not None:
+            fn, args = job
+            fn(*args)  # never raises: _stream_main catches what the handler did not
+            del fn, args
+            with self._lock:
+                if self._stopping:
+                    return
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=IDLE_WORKER)
+            except Empty:
+                with self._lock:  # a job put meanwhile was counted for a waiting thread: take it
+                    try:
+                        job = self._jobs.get_nowait()
+                    except Empty:
+                        self._idle -= 1
+                        return
+
+    def stop(self, timeout: float) -> None:
+        """End the idle threads (the session is over) and wait up to ``timeout`` for them."""
+        with self._lock:
+            self._stopping = True
+            for _ in range(self._idle):
+                self._jobs.put(None)
+            self._idle = 0
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
 class Stream:
     """One request of the session: the handler's thread and its two descriptors."""
 
@@ -209,7 +268,6 @@ class Stream:
         "out_done",
         "out_r",
         "paused",
-        "thread",
     )
 
     def __init__(self, stream_id: int, credit: int | None) -> None:
@@ -220,7 +278,6 @@ class Stream:
         self.paused = False  # the pump does not read out_r until the proxy grants more
         self.body_w: int | None = None  # write end of the handler's stdin
         self.out_r: _socket.socket | None = None  # the tunnel's end of the handler's stdout
-        self.thread: threading.Thread | None = None
         self.handler_rc: int | None = None
         self.out_done = False
         self.cancelled = False
@@ -266,6 +323,8 @@ class Tunnel:
         self._pump = threading.Thread(target=self._pump_main, name="pump", daemon=True)
         self._pump.start()
         self._keepalive: threading.Thread | None = None
+        self.workers = Workers()
+        self.backends = Backends()  # kept-alive connections, shared by the streams
 
     # -- sending -----------------------------------------------------------------
     def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
@@ -409,10 +468,7 @@ class Tunnel:
             self.streams[sid] = st
             self._by_fd[out_r.fileno()] = st
         self._poller.register(out_r.fileno(), select.EPOLLIN)
-        st.thread = threading.Thread(
-            target=self._stream_main, args=(st, parsed, body_r, out_fd), name=f"stream-{sid}", daemon=True
-        )
-        st.thread.start()
+        self.workers.run(self._stream_main, st, parsed, body_r, out_fd)
 
     def _feed(self, st: Stream, data: bytes) -> None:
         assert st.body_w is not None
@@ -443,7 +499,7 @@ class Tunnel:
     # -- the handler side ------------------------------------------------------------
     def _handle(self, req: wire.ParsedRequest, stdin: int, stdout: int) -> int:
         assert self.settings is not None and self.batcher is not None and self.handle is not None
-        return self.handle(req, self.settings, stdin, stdout, Log(self.log_home), self.batcher)
+        return self.handle(req, self.settings, stdin, stdout, Log(self.log_home), self.batcher, self.backends)
 
     @property
     def log_home(self) -> str | None:
@@ -544,11 +600,11 @@ class Tunnel:
         for st in list(self.streams.values()):
             self._cancel(st)
         deadline = time.monotonic() + SHUTDOWN_WAIT
-        for st in list(self.streams.values()):
-            if st.thread is not None:
-                st.thread.join(max(0.0, deadline - time.monotonic()))
-        while self.streams and time.monotonic() < deadline:  # the pump reads their last bytes
+        while (
+            self.streams and time.monotonic() < deadline
+        ):  # their handlers end, the pump reads their last bytes
             time.sleep(0.002)
+        self.workers.stop(max(0.0, deadline - time.monotonic()))
         os.write(self._wake_w, b"x")
         self._pump.join(5.0)
         for st in list(self.streams.values()):  # only after SHUTDOWN_WAIT: handlers that hang
@@ -557,6 +613,7 @@ class Tunnel:
         self._poller.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self.backends.close()
         if self.batcher is not None:
             self.batcher.stop()
         if self._keepalive is not None:
