@@ -1,6 +1,6 @@
 """Tunnel mode (``--tunnel-sessions N``): a few long-lived SSH sessions running the
 ``tunnel`` control word carry every request as a stream of frames
-(``docs/wire-protocol.md`` section 7, codec in ``request_path.tunnel_frames``).
+(``docs/wire-protocol.md`` section 8, codec in ``request_path.tunnel_frames``).
 
 A ``TunnelStream`` looks like an ``ssh.Session`` to the server (``stdout.read``,
 ``stdin.write/drain/close``, ``kill``, ``close``), so the exchange code is the

@@ -617,7 +617,7 @@ def run(command: bytes, *, stdin: int = 0, stdout: int = 1, environ: dict[str, s
                 write_all(stdout, wire.error_response(503, "the request path is misconfigured"))
             return 1
         if parsed == "tunnel":
-            from . import tunnel  # many requests over this one session (wire protocol section 7)
+            from . import tunnel  # many requests over this one session (wire protocol section 8)
 
             return tunnel.serve(settings, stdin, stdout, log, handle_request)
         if parsed == "keep-alive" or parsed == "status":

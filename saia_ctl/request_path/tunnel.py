@@ -1,4 +1,4 @@
-"""The ``tunnel`` control word (``docs/wire-protocol.md`` section 7): one process
+"""The ``tunnel`` control word (``docs/wire-protocol.md`` section 8): one process
 per SSH session serving many requests at once, framed by ``tunnel_frames``.
 
 One implementation, two transports: every stream runs the per-request
@@ -57,10 +57,13 @@ IDLE_WORKER = 30.0  # seconds a handler thread waits for the next stream before 
 class Batcher(records.Records):
     """Writes the rows of concurrent requests in shared transactions (group commit).
 
-    A caller's ``start``/``end`` waits for the transaction that carries it; the
-    writer thread takes everything queued, writes it in one ``BEGIN IMMEDIATE``
-    and wakes the callers. Should the group fail, each item is retried in a
-    transaction of its own, so one bad row never costs the others theirs.
+    Whoever finds no transaction running writes everything queued in one
+    ``BEGIN IMMEDIATE`` itself (a start row: the stream's own thread, so an
+    uncontended request waits for no other thread); what is queued meanwhile
+    goes into the next transaction, written by one of the callers waiting for
+    it, or by the writer thread when only ends (which nobody waits for) are
+    left. Should a group fail, each item is retried in a transaction of its
+    own, so one bad row never costs the others theirs.
     """
 
     def __init__(self, settings: Settings, log: Log) -> None:
@@ -68,6 +71,7 @@ class Batcher(records.Records):
         self.log = log
         self._cond = threading.Condition()
         self._queue: list[_Item] = []
+        self._writing = False  # a transaction is being written (by a caller or the writer thread)
         self._stopping = False
         self._conn: rawdb.Connection | None = None
         self.transactions = 0  # how many were written (tests see the grouping)
@@ -107,10 +111,20 @@ class Batcher(records.Records):
             if self._stopping and wait:
                 raise rawdb.Error("the tunnel is shutting down")
             self._queue.append(item)
-            self._cond.notify_all()
-        if not wait:
-            return None
-        item.done.wait()
+            if not wait:
+                if not self._writing:
+                    self._cond.notify_all()  # the writer thread takes it
+                return None
+            while not item.finished:
+                if not self._writing:  # nobody is writing: this caller writes what is queued
+                    self._writing = True
+                    items, self._queue = self._queue, []
+                    break
+                self._cond.wait()
+            else:
+                items = []
+        if items:
+            self._group(items)
         if item.error is not None:
             raise item.error
         return item.result
@@ -130,30 +144,41 @@ class Batcher(records.Records):
             item.result = result
 
     def _run(self) -> None:
+        """The writer thread: writes what is queued when no caller does (ends), and at stop."""
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while (self._writing or not self._queue) and not (self._stopping and not self._writing):
                     self._cond.wait()
                 if not self._queue:
                     break
+                self._writing = True
                 items, self._queue = self._queue, []
-            try:
-                self._write(items)
-            except Exception:
-                if len(items) > 1:
-                    for item in items:
-                        self._write_alone(item)
-                else:
-                    self._write_alone(items[0])
-            for item in items:
-                if item.kind == "end" and item.error is not None:
-                    import json
-
-                    row, record, _admission = item.args
-                    self.log(f"cannot close request row {row}: {item.error}; record: {json.dumps(record)}")
-                item.done.set()
+            self._group(items)
         if self._conn is not None:
             self._conn.close()
+
+    def _group(self, items: list[_Item]) -> None:
+        """Write ``items`` in one transaction (the caller set ``_writing``), then let the
+        next writer take what was queued meanwhile."""
+        try:
+            self._write(items)
+        except Exception:
+            if len(items) > 1:
+                for item in items:
+                    self._write_alone(item)
+            else:
+                self._write_alone(items[0])
+        for item in items:
+            if item.kind == "end" and item.error is not None:
+                import json
+
+                row, record, _admission = item.args
+                self.log(f"cannot close request row {row}: {item.error}; record: {json.dumps(record)}")
+        with self._cond:
+            for item in items:
+                item.finished = True
+            self._writing = False
+            self._cond.notify_all()
 
     def _write_alone(self, item: _Item) -> None:
         try:
@@ -176,12 +201,12 @@ class Batcher(records.Records):
 
 
 class _Item:
-    __slots__ = ("args", "done", "error", "kind", "result")
+    __slots__ = ("args", "error", "finished", "kind", "result")
 
     def __init__(self, kind: str, args: tuple[object, ...]) -> None:
         self.kind = kind
         self.args = args
-        self.done = threading.Event()
+        self.finished = False  # written (or failed), under the batcher's condition
         self.result: object = None
         self.error: BaseException | None = None
 

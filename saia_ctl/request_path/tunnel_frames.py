@@ -1,4 +1,4 @@
-"""The frames of the ``tunnel`` session (``docs/wire-protocol.md`` section 7).
+"""The frames of the ``tunnel`` session (``docs/wire-protocol.md`` section 8).
 
 A frame is a 9-byte header and a payload: one byte of kind, the stream id
 (4 bytes, big endian), the payload length (4 bytes, big endian), then that
