@@ -1,11 +1,14 @@
 """What the tunnel's process keeps between streams: its handler threads, and
 kept-alive connections to the backends (a kept connection the backend closed
-meanwhile costs a second try on a new one, never the request)."""
+meanwhile costs a second try on a new one, never the request); and the one CPU
+it keeps to (``SAIA_TUNNEL_CPUS``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from saia_ctl.request_path import tunnel_frames as tf
 from saia_ctl.settings import Settings
 from tests.support.backend import FakeBackend
 from tests.support.fixtures import service_config
-from tests.support.wire import add_ready_job, command, parse_http, rows
+from tests.support.wire import add_ready_job, command, environment, interface_argv, parse_http, rows
 from tests.test_route_tunnel import Session
 
 JSON = {"content-type": "application/json"}
@@ -101,3 +104,29 @@ def test_a_kept_connection_the_backend_closed_is_replaced(
     s.thread.join(30)
     assert [r["outcome"] for r in rows(svc)] == ["ok", "ok"]
     closer.close()
+
+
+def _cpus_of_a_session(home: Path, **env: str) -> set[int]:
+    """The CPUs a `tunnel` session's process (the real forced command) may run on."""
+    proc = subprocess.Popen(
+        interface_argv(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**environment(home, b"tunnel"), **env},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.read(tf.HEADER + len(tf.GREETING)) == tf.encode(tf.HELLO, 0, tf.GREETING)
+        return os.sched_getaffinity(proc.pid)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(30)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to choose")
+def test_a_session_keeps_to_one_cpu_unless_told_otherwise(svc: Path, home: Path) -> None:
+    mine = os.sched_getaffinity(0)
+    one = _cpus_of_a_session(home)
+    assert len(one) == 1 and one <= mine
+    assert _cpus_of_a_session(home, SAIA_TUNNEL_CPUS="all") == mine

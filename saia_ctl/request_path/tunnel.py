@@ -660,11 +660,26 @@ def _on_signal(signum: int, _frame: object) -> None:
         raise _Stop(signum)
 
 
+def confine_to_one_cpu() -> None:
+    """Keep this process (and the threads it starts from now on) on one of the CPUs it
+    may use, chosen by its PID. Its threads take turns at one interpreter lock; spread
+    over several cores they pass it from core to core, and that hand-over (futex calls,
+    cache misses) cost the session ~30-40 % more CPU per request than the work itself."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) > 1:
+            os.sched_setaffinity(0, {allowed[os.getpid() % len(allowed)]})
+    except (AttributeError, OSError):  # not Linux, or not allowed: run where the system says
+        pass
+
+
 def serve(settings: Settings, stdin: int, stdout: int, log: Log, handle: Handle) -> int:
     """The ``tunnel`` control word: serve frames until the session ends; ``handle``
     is the per-request handler (``handler.handle_request``)."""
     global _session_ending
     _session_ending = False
+    if settings.tunnel_cpus == "one":
+        confine_to_one_cpu()  # first: every thread of the session inherits it
     for name in ("SIGHUP", "SIGINT", "SIGTERM"):
         _signal.signal(getattr(_signal, name), _on_signal)
     log.tag = "tunnel"
