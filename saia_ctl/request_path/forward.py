@@ -374,20 +374,35 @@ def stream_body(
     timeout: float,
     no_body: bool,
     result: Delivery,
+    head: bytes = b"",
 ) -> None:
     """Copy the body to ``out_fd`` as it arrives; fills ``result`` as it goes.
 
+    ``head`` (the answer's head, not counted in ``bytes_out``) goes out with the
+    first piece of the body that came with it, in one write (one SSH packet, one
+    frame), or on its own before waiting for the backend.
     Raises ClientGone when the client went away; a backend that breaks off
     leaves ``result.complete`` False with ``result.error`` set.
     """
     tail: list[bytes] = []
     tail_len = 0
+    pending = head
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            data, pending = pending, b""
+            write_all(out_fd, data)
 
     def emit(data: bytes) -> None:
-        nonlocal tail_len
+        nonlocal tail_len, pending
         if not data:
             return
-        write_all(out_fd, data)
+        if pending:
+            out, pending = pending + data, b""
+            write_all(out_fd, out)
+        else:
+            write_all(out_fd, data)
         result.bytes_out += len(data)
         tail.append(data)
         tail_len += len(data)
@@ -398,6 +413,7 @@ def stream_body(
 
     try:
         if no_body or (answer.length == 0 and not answer.chunked):
+            flush()
             result.complete = True
             result.clean = not answer.rest
             return
@@ -409,6 +425,7 @@ def stream_body(
                 if decoder is not None:
                     emit(decoder.feed(data))
                     if decoder.done:
+                        flush()  # (an empty body)
                         result.complete = True
                         result.clean = not decoder.extra
                         return
@@ -417,11 +434,13 @@ def stream_body(
                     left -= len(piece)
                     emit(piece)
                     if left == 0:
+                        flush()
                         result.complete = True
                         result.clean = len(piece) == len(data)
                         return
                 else:
                     emit(data)
+            flush()  # the head, before waiting for the body
             if not _wait(poller, sock.fileno(), out_fd, timeout):
                 result.error = f"the backend sent nothing for {timeout:g} s mid-answer"
                 return
@@ -438,6 +457,7 @@ def stream_body(
                 return
     except BrokenAnswer as e:
         result.error = f"the backend sent a malformed chunked body: {e}"
+        flush()
     finally:
         result.tail = b"".join(tail)[-USAGE_TAIL:]
 

@@ -386,14 +386,13 @@ def _deliver(
     rq.first_byte_at = first_byte_at
     rq.status = answer.status
     rq.head_sent = True
+    head = answer.head
     if rq.admission is not None and rq.admission.headers:
         from .admission import with_headers
 
-        write_all(stdout, with_headers(answer.head, rq.admission.headers))
-    else:
-        write_all(stdout, answer.head)
+        head = with_headers(answer.head, rq.admission.headers)
     no_body = req.method == "HEAD" or answer.status in (204, 304)
-    stream_body(sock, answer, stdout, poller, timeout, no_body, rq.delivery)
+    stream_body(sock, answer, stdout, poller, timeout, no_body, rq.delivery, head)
     if not rq.delivery.complete:
         rq.outcome = "error"
         rq.error = rq.delivery.error
