@@ -110,3 +110,49 @@ def test_a_login_node_without_flow_control_is_used_without_it(
         assert p.tunnels.opened == 1  # the session that refused the offer, then one for every request
     tunnels = [argv[-1] for argv in fakes.argvs() if argv[-1] == "tunnel"]
     assert len(tunnels) == 2
+
+
+# A login node that takes the offer but then sends an answer past the stream's window,
+# and notes the frames it receives (to see the proxy's cancel).
+PUSHY_LOGIN = r"""
+import json, os, sys
+sys.path.insert(0, %(repo)r)
+from saia_ctl.request_path import tunnel_frames as tf
+os.write(1, tf.encode(tf.HELLO, 0, tf.GREETING))
+dec = tf.Decoder(tf.TO_LOGIN)
+with open(%(notes)r, "a") as notes:
+    while data := os.read(0, 1 << 20):
+        for kind, sid, payload in dec.feed(data):
+            notes.write(json.dumps([chr(kind), sid]) + "\n")
+            notes.flush()
+            if kind == tf.WINDOW and sid == 0:
+                os.write(1, tf.encode(tf.WINDOW, 0, payload))
+            elif kind == tf.END:
+                size = 3 * %(window)d
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %%d\r\n\r\n" %% size
+                os.write(1, tf.encode(tf.DATA, sid, head))
+                for _ in range(3):
+                    os.write(1, tf.encode(tf.DATA, sid, b"y" * %(window)d))
+                os.write(1, tf.encode(tf.DONE, sid, b"ok"))
+"""
+
+
+def test_a_login_node_that_sends_past_the_window_has_its_stream_cancelled(
+    fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forced, notes = tmp_path / "pushy-login", tmp_path / "notes"
+    repo = str(Path(__file__).resolve().parents[1])
+    write_script(forced, PUSHY_LOGIN % {"repo": repo, "notes": str(notes), "window": ptunnel.WINDOW})
+    monkeypatch.setenv("FAKE_SSH_FORCED", str(forced))
+    with proxy(fakes, tunnel_sessions=1) as (p, base):
+        sock = _ask_big(base)
+        received = bytearray()
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+        sock.close()
+        assert p.tunnels is not None and p.tunnels.conns[0].window == ptunnel.WINDOW
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(received) < 3 * ptunnel.WINDOW  # cut at the window, not the whole answer
+    assert b"0\r\n\r\n" not in received[-5:]  # and not ended as if it were complete
+    noted = [tuple(json.loads(line)) for line in notes.read_text().splitlines()]
+    assert ("C", 1) in noted  # the proxy cancelled the stream
