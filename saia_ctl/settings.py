@@ -155,6 +155,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(only when every process shares one host's local disk).",
     ),
     Setting("SAIA_BUSY_TIMEOUT", "30", number(0), "Seconds a connection waits for the SQLite write lock."),
+    Setting(
+        "SAIA_TUNNEL_CPUS",
+        "one",
+        choice("one", "all"),
+        "CPUs a `tunnel` session's process runs on: `one` (of those allowed, chosen by its PID: "
+        "its threads share one interpreter lock, which passed between cores costs more CPU "
+        "than the work) or `all`.",
+    ),
     Setting("SAIA_SLURM_BIN", "", text, "Folder holding sbatch/squeue/scancel/scontrol; default: PATH."),
     Setting(
         "SAIA_SLURM_CONF",
@@ -258,6 +266,7 @@ class Settings:
     _db_url: str
     journal_mode: str
     busy_timeout: float
+    tunnel_cpus: str
     slurm_bin: str
     slurm_conf: str
     slurm_timeout: float

@@ -17,7 +17,9 @@ Environment: ``TEST_LLM_TOKEN_DELAY`` seconds per token (0.005; a request may
 override it with the extra body field ``"token_delay"``), ``TEST_LLM_START_DELAY``
 seconds before listening (simulates model load), ``TEST_LLM_MODEL`` the model
 id (default: the request's ``model``, or ``test-llm``), ``TEST_LLM_HOST`` the
-bind address (``0.0.0.0``).
+bind address (``0.0.0.0``), ``TEST_LLM_KEEP_ALIVE=1`` keeps a connection open
+after a JSON answer (as vLLM does) unless the client asks to close it; by
+default every answer closes its connection.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def produce(words: list[str], n: int) -> list[str]:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "test-llm/1.0"
+    # The head and the body are two writes: on a kept-alive connection Nagle would hold
+    # the body until the client's delayed ACK (40 ms). vLLM's server sets it too.
+    disable_nagle_algorithm = True
 
     # --- plumbing
     def log_message(self, format: str, *args: Any) -> None:
@@ -121,10 +126,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
+        if status >= 400 or os.environ.get("TEST_LLM_KEEP_ALIVE") != "1":
+            # (an error's request body may be unread: that connection is done in any case)
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
-        self.close_connection = True
 
     def _send_error(
         self, status: int, message: str, etype: str, param: str | None = None, code: Any = None

@@ -266,3 +266,29 @@ def test_client_going_away_mid_stream_does_not_kill_the_server(server: int) -> N
     time.sleep(0.2)
     status, _, _ = request(server, "GET", "/health", key=None)
     assert status == 200
+
+
+def _two_on_one_connection(port: int) -> list[tuple[int, str | None]]:
+    """Two chat completions over one HTTP/1.1 connection: (status, Connection header) of each."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 2})
+    out = []
+    for _ in range(2):
+        conn.request("POST", "/v1/chat/completions", body, {"Authorization": f"Bearer {SECRET}"})
+        resp = conn.getresponse()
+        resp.read()
+        out.append((resp.status, resp.getheader("Connection")))
+    conn.close()
+    return out
+
+
+def test_keep_alive_on_request(server: int) -> None:
+    assert _two_on_one_connection(server) == [(200, "close"), (200, "close")]  # by default: closed
+    port = free_port()
+    proc = start_server(port, SAIA_API_KEY=SECRET, TEST_LLM_KEEP_ALIVE="1")
+    try:
+        wait_listening(port, proc)
+        assert _two_on_one_connection(port) == [(200, None), (200, None)]  # one connection for both
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

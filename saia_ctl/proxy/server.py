@@ -264,7 +264,17 @@ class Proxy:
     ) -> web.StreamResponse:
         """Send the body, read the answer's head, stream the rest; always reap ssh."""
         sent_in: list[int] = [0]
-        feeder = asyncio.create_task(self._feed(sess, request, body, sent_in))
+        feeder: asyncio.Task[None] | None = None
+        if isinstance(sess, TunnelStream) and body is not None:
+            # The body is in memory already: its frames go out now, in the same write to
+            # ssh as the stream's OPEN (a task would send them in a write of their own).
+            with contextlib.suppress(BrokenPipeError):  # the session died meanwhile: read below
+                if body:
+                    sess.stdin.write(body)
+                    sent_in[0] = len(body)
+                sess.stdin.close()
+        else:
+            feeder = asyncio.create_task(self._feed(sess, request, body, sent_in))
         outcome, status, sent, first = "error", 0, 0, None
         resp: web.StreamResponse | None = None
         # An event stream is whole once [DONE] went out; clients may hang up then,
@@ -324,7 +334,8 @@ class Proxy:
                 raise
             return resp
         finally:
-            feeder.cancel()
+            if feeder is not None:
+                feeder.cancel()
             if outcome != "ok":
                 sess.kill()
             rc = await asyncio.shield(sess.close())

@@ -80,6 +80,11 @@ class BackendError(Exception):
         self.message = message
 
 
+class BackendClosed(BackendError):
+    """The backend closed (or reset) the connection before any byte of an answer:
+    on a kept-alive connection, a request that can be sent again on a new one."""
+
+
 class BrokenAnswer(Exception):
     """The backend broke off (closed, reset, timed out) after the answer began."""
 
@@ -112,6 +117,49 @@ def connect(host: str, port: int, timeout: float) -> _socket.socket:
     raise failure
 
 
+class Backends:
+    """Idle kept-alive connections to backends, for the next request to the same one
+    (the tunnel's streams: one process serves many requests). A connection is only
+    kept after an answer that ended cleanly, and one the backend has closed or
+    written to meanwhile is dropped when taken."""
+
+    MAX_IDLE = 64  # per backend
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, int], list[_socket.socket]] = {}
+
+    def take(self, host: str, port: int) -> _socket.socket | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get((host, port))
+                if not idle:
+                    return None
+                sock = idle.pop()
+            check = select.poll()
+            check.register(sock.fileno(), select.POLLIN)
+            if not check.poll(0):  # nothing to read: neither closed nor out of step
+                return sock
+            sock.close()
+
+    def give(self, host: str, port: int, sock: _socket.socket) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((host, port), [])
+            if len(idle) < self.MAX_IDLE:
+                idle.append(sock)
+                return
+        sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for idle in self._idle.values():
+                for sock in idle:
+                    sock.close()
+            self._idle.clear()
+
+
 def request_head(
     method: str,
     path: str,
@@ -120,11 +168,13 @@ def request_head(
     headers: list[tuple[str, str]],
     secret: str,
     framing: tuple[str, str] | None,
+    keep_alive: bool = False,
 ) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
     lines.extend(f"{k}: {v}" for k, v in headers)
     lines.append(f"Authorization: Bearer {secret}")
-    lines.append("Connection: close")
+    if not keep_alive:
+        lines.append("Connection: close")
     if framing is not None:
         lines.append(f"{framing[0]}: {framing[1]}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
@@ -133,9 +183,12 @@ def request_head(
 class Answer:
     """The backend's answer head, normalised for the client."""
 
-    __slots__ = ("chunked", "head", "length", "rest", "status")
+    __slots__ = ("chunked", "head", "keep_alive", "length", "rest", "status")
 
     def __init__(self, status: int, head: bytes, chunked: bool, length: int | None, rest: bytes) -> None:
+        # HTTP/1.1 without `Connection: close`: the connection may carry the next request
+        low = head.lower()
+        self.keep_alive = low.startswith(b"http/1.1 ") and b"\r\nconnection: close" not in low
         self.status = status
         self.head = head  # status line + headers + blank line, ready to write
         self.chunked = chunked
@@ -231,8 +284,12 @@ def read_answer_head(
         try:
             data = sock.recv(_RECV)
         except OSError as e:
+            if not buf:
+                raise BackendClosed(502, f"the backend closed the connection: {e.strerror or e}") from None
             raise BackendError(502, f"the backend closed the connection: {e.strerror or e}") from None
         if not data:
+            if not buf:
+                raise BackendClosed(502, "the backend closed the connection before answering")
             raise BackendError(502, "the backend closed the connection before answering")
         if not first_byte_at:
             first_byte_at = time.time()
@@ -242,9 +299,10 @@ def read_answer_head(
 class ChunkDecoder:
     """Incremental decoder of ``Transfer-Encoding: chunked`` (RFC 9112 7.1)."""
 
-    __slots__ = ("buf", "done", "left", "state")
+    __slots__ = ("buf", "done", "extra", "left", "state")
 
     def __init__(self) -> None:
+        self.extra = False  # bytes came after the last chunk (the connection is out of step)
         self.buf = b""
         self.left = 0  # data bytes left in the current chunk
         self.state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers, 4 done
@@ -289,6 +347,8 @@ class ChunkDecoder:
             elif self.state == 3 and not line:
                 self.state = 4
                 self.done = True
+        if self.done and pos < n:
+            self.extra = True
         self.buf = buf[pos:] if not self.done else b""
         return b"".join(out)
 
@@ -296,11 +356,12 @@ class ChunkDecoder:
 class Delivery:
     """What happened to the answer body."""
 
-    __slots__ = ("bytes_out", "complete", "error", "tail")
+    __slots__ = ("bytes_out", "clean", "complete", "error", "tail")
 
     def __init__(self) -> None:
         self.bytes_out = 0
         self.complete = False
+        self.clean = False  # complete, framed by its length or chunks, nothing after it
         self.error: str | None = None
         self.tail = b""  # the last USAGE_TAIL bytes of the body
 
@@ -313,20 +374,35 @@ def stream_body(
     timeout: float,
     no_body: bool,
     result: Delivery,
+    head: bytes = b"",
 ) -> None:
     """Copy the body to ``out_fd`` as it arrives; fills ``result`` as it goes.
 
+    ``head`` (the answer's head, not counted in ``bytes_out``) goes out with the
+    first piece of the body that came with it, in one write (one SSH packet, one
+    frame), or on its own before waiting for the backend.
     Raises ClientGone when the client went away; a backend that breaks off
     leaves ``result.complete`` False with ``result.error`` set.
     """
     tail: list[bytes] = []
     tail_len = 0
+    pending = head
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            data, pending = pending, b""
+            write_all(out_fd, data)
 
     def emit(data: bytes) -> None:
-        nonlocal tail_len
+        nonlocal tail_len, pending
         if not data:
             return
-        write_all(out_fd, data)
+        if pending:
+            out, pending = pending + data, b""
+            write_all(out_fd, out)
+        else:
+            write_all(out_fd, data)
         result.bytes_out += len(data)
         tail.append(data)
         tail_len += len(data)
@@ -337,7 +413,9 @@ def stream_body(
 
     try:
         if no_body or (answer.length == 0 and not answer.chunked):
+            flush()
             result.complete = True
+            result.clean = not answer.rest
             return
         decoder = ChunkDecoder() if answer.chunked else None
         left = answer.length
@@ -347,17 +425,22 @@ def stream_body(
                 if decoder is not None:
                     emit(decoder.feed(data))
                     if decoder.done:
+                        flush()  # (an empty body)
                         result.complete = True
+                        result.clean = not decoder.extra
                         return
                 elif left is not None:
                     piece = data[:left]
                     left -= len(piece)
                     emit(piece)
                     if left == 0:
+                        flush()
                         result.complete = True
+                        result.clean = len(piece) == len(data)
                         return
                 else:
                     emit(data)
+            flush()  # the head, before waiting for the body
             if not _wait(poller, sock.fileno(), out_fd, timeout):
                 result.error = f"the backend sent nothing for {timeout:g} s mid-answer"
                 return
@@ -374,6 +457,7 @@ def stream_body(
                 return
     except BrokenAnswer as e:
         result.error = f"the backend sent a malformed chunked body: {e}"
+        flush()
     finally:
         result.tail = b"".join(tail)[-USAGE_TAIL:]
 

@@ -43,7 +43,9 @@ from .. import rawdb
 from . import store, wire
 from .forward import (
     Answer,
+    BackendClosed,
     BackendError,
+    Backends,
     ClientGone,
     Delivery,
     connect,
@@ -73,6 +75,7 @@ HOLD_POLL = 0.15  # seconds between two looks at the jobs table while holding
 DEMAND_RESPAWN = 2.0  # a request with no backend starts a tick unless one was asked for this recently
 DEFAULT_RETRY_AFTER = 60
 BODY_METHODS = ("POST", "PUT", "PATCH")
+REPLAY_MAX = 1 << 20  # bytes of a request kept to send again over a new connection (tunnel)
 _RECV = 65536
 
 
@@ -190,44 +193,86 @@ def _hold(
             next_tick = time.time() + max(settings.tick_interval, 1.0)
 
 
+class Link:
+    """The backend connection a request goes over. One taken from the kept-alive ones
+    that fails before any answer (the backend closed it meanwhile) is replaced, once,
+    by a new one, and what was sent is sent again (at most ``REPLAY_MAX`` bytes)."""
+
+    __slots__ = ("node", "parts", "port", "size", "sock", "timeouts")
+
+    def __init__(
+        self, sock: _socket.socket, reused: bool, node: str, port: int, timeouts: tuple[float, float]
+    ) -> None:
+        self.sock = sock
+        self.node, self.port = node, port
+        self.timeouts = timeouts  # (connect, backend)
+        self.parts: list[bytes] | None = [] if reused else None  # what was sent, while it may be replaced
+        self.size = 0
+
+    def send(self, data: bytes) -> None:
+        if self.parts is not None:
+            self.size += len(data)
+            self.parts.append(data)
+            if self.size > REPLAY_MAX:
+                self.parts = None
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            if not self.replace():
+                raise
+
+    def replace(self) -> bool:
+        """A new connection with what was sent on it; False when that is not possible.
+        BackendError when the new connection cannot be made."""
+        if self.parts is None:
+            return False
+        data, self.parts = b"".join(self.parts), None
+        self.sock.close()
+        self.sock = connect(self.node, self.port, self.timeouts[0])
+        self.sock.settimeout(self.timeouts[1])
+        self.sock.sendall(data)
+        return True
+
+
 def _send_body(
-    sock: _socket.socket,
+    send: Callable[[bytes], None],
     req: wire.ParsedRequest,
     stdin: int,
     make_head: Callable[[tuple[str, str] | None], bytes],
     rq: Request,
-) -> None:
+) -> bool:
     """Send the request head and body: inline with Content-Length, stdin chunked
-    (or with the client's Content-Length). Stops quietly if the backend stops reading."""
+    (or with the client's Content-Length). Stops quietly if the backend stops reading
+    (then False: the connection cannot carry another request)."""
     try:
         if req.body is not None:
             framing = (
                 ("Content-Length", str(len(req.body))) if req.body or req.method in BODY_METHODS else None
             )
-            sock.sendall(make_head(framing) + req.body)
-            return
+            send(make_head(framing) + req.body)
+            return True
         try:
             first = os.read(stdin, _RECV)
         except OSError:
             first = b""
         if not first:
-            sock.sendall(make_head(("Content-Length", "0") if req.method in BODY_METHODS else None))
-            return
+            send(make_head(("Content-Length", "0") if req.method in BODY_METHODS else None))
+            return True
         if req.content_length is not None:
             left = req.content_length
             piece = first[:left]
-            sock.sendall(make_head(("Content-Length", str(left))) + piece)
+            send(make_head(("Content-Length", str(left))) + piece)
             rq.bytes_in += len(piece)
             left -= len(piece)
             while left > 0:
                 data = os.read(stdin, min(_RECV, left))
                 if not data:
                     break
-                sock.sendall(data)
+                send(data)
                 rq.bytes_in += len(data)
                 left -= len(data)
-            return
-        sock.sendall(make_head(("Transfer-Encoding", "chunked")) + b"%x\r\n%s\r\n" % (len(first), first))
+            return left <= 0
+        send(make_head(("Transfer-Encoding", "chunked")) + b"%x\r\n%s\r\n" % (len(first), first))
         rq.bytes_in += len(first)
         while True:
             try:
@@ -235,14 +280,14 @@ def _send_body(
             except OSError:
                 data = b""
             if not data:
-                sock.sendall(b"0\r\n\r\n")
-                return
-            sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+                send(b"0\r\n\r\n")
+                return True
+            send(b"%x\r\n%s\r\n" % (len(data), data))
             rq.bytes_in += len(data)
     except OSError:
         # The backend stopped reading (answered early, closed, or stalled past the
         # timeout): what it answered, or why not, is found when reading its answer.
-        return
+        return False
 
 
 def _forward(
@@ -253,12 +298,28 @@ def _forward(
     stdout: int,
     rq: Request,
     log: Log,
+    backends: Backends | None = None,
 ) -> None:
+    """Send the request to the first job that takes the connection and deliver its answer.
+
+    With ``backends`` (the tunnel) the request goes over a kept-alive connection when one
+    is idle, and its connection is kept after a clean answer; a kept connection the
+    backend closed before answering costs a second try on a new one (what was sent
+    is sent again: at most ``REPLAY_MAX`` bytes, else the 502 stands).
+    """
     sock = None
+    reused = False
     failure: BackendError | None = None
+    keep = backends is not None
     job = candidates[0]
     for job in candidates:
         rq.job_id = job["id"]
+        if keep:
+            assert backends is not None
+            sock = backends.take(job["node"], job["port"])
+            if sock is not None:
+                reused = True
+                break
         try:
             sock = connect(job["node"], job["port"], settings.connect_timeout)
             break
@@ -269,24 +330,47 @@ def _forward(
         assert failure is not None
         _answer_error(stdout, rq, failure.status, failure.message)
         return
+    kept = False
+    node, port, secret = job["node"], job["port"], job["secret"]
+    timeout = settings.backend_timeout
+    sock.settimeout(timeout)  # sending a big body to a busy backend may take a while
+    link = Link(sock, reused, node, port, (settings.connect_timeout, timeout))
     try:
-        node, port, secret = job["node"], job["port"], job["secret"]
 
         def head_for(framing: tuple[str, str] | None) -> bytes:
-            return request_head(req.method, req.path, node, port, req.headers, secret, framing)
+            return request_head(req.method, req.path, node, port, req.headers, secret, framing, keep)
 
-        timeout = settings.backend_timeout
-        sock.settimeout(timeout)  # sending a big body to a busy backend may take a while
-        _send_body(sock, req, stdin, head_for, rq)
-        poller = make_poller(sock.fileno(), stdout)
         try:
-            answer, first = read_answer_head(sock, stdout, poller, timeout, time.time() + timeout)
-        except BackendError as e:
+            sent = _send_body(link.send, req, stdin, head_for, rq)
+        except BackendError as e:  # a kept connection was closed and a new one cannot be made
             _answer_error(stdout, rq, e.status, e.message)
             return
-        _deliver(sock, answer, first, req, stdout, poller, timeout, rq)
+        while True:
+            poller = make_poller(link.sock.fileno(), stdout)
+            try:
+                answer, first = read_answer_head(link.sock, stdout, poller, timeout, time.time() + timeout)
+            except BackendClosed as closed:
+                why: BackendError = closed
+                try:
+                    if link.replace():  # the backend had closed the kept connection: once more
+                        continue
+                except BackendError as e:
+                    why = e
+                _answer_error(stdout, rq, why.status, why.message)
+                return
+            except BackendError as e:
+                _answer_error(stdout, rq, e.status, e.message)
+                return
+            break
+        link.parts = None
+        _deliver(link.sock, answer, first, req, stdout, poller, timeout, rq)
+        if keep and sent and answer.keep_alive and rq.delivery.clean:
+            assert backends is not None
+            backends.give(node, port, link.sock)
+            kept = True
     finally:
-        sock.close()
+        if not kept:
+            link.sock.close()
 
 
 def _deliver(
@@ -302,14 +386,13 @@ def _deliver(
     rq.first_byte_at = first_byte_at
     rq.status = answer.status
     rq.head_sent = True
+    head = answer.head
     if rq.admission is not None and rq.admission.headers:
         from .admission import with_headers
 
-        write_all(stdout, with_headers(answer.head, rq.admission.headers))
-    else:
-        write_all(stdout, answer.head)
+        head = with_headers(answer.head, rq.admission.headers)
     no_body = req.method == "HEAD" or answer.status in (204, 304)
-    stream_body(sock, answer, stdout, poller, timeout, no_body, rq.delivery)
+    stream_body(sock, answer, stdout, poller, timeout, no_body, rq.delivery, head)
     if not rq.delivery.complete:
         rq.outcome = "error"
         rq.error = rq.delivery.error
@@ -348,7 +431,10 @@ def handle_request(
     stdout: int,
     log: Log,
     records: Records = RECORDS,
+    backends: Backends | None = None,
 ) -> int:
+    """One request, validated: route, forward, record. ``records`` writes the rows (the
+    tunnel passes its batcher); ``backends`` keeps backend connections alive (the tunnel)."""
     global _closing
     if req.method == "GET" and req.path.partition("?")[0] == USAGE_PATH:
         return answer_usage(req, settings, stdout, log)
@@ -447,7 +533,7 @@ def handle_request(
                         {"service": req.service_id, "state": phase, "retry_after": seconds},
                     )
             if jobs:
-                _forward(settings, req, jobs, stdin, stdout, rq, log)
+                _forward(settings, req, jobs, stdin, stdout, rq, log, backends)
         except ClientGone:
             rq.outcome, rq.error = "aborted", "the client went away (stdout closed)"
         except Interrupted as e:
@@ -529,7 +615,7 @@ def run(command: bytes, *, stdin: int = 0, stdout: int = 1, environ: dict[str, s
                 write_all(stdout, wire.error_response(503, "the request path is misconfigured"))
             return 1
         if parsed == "tunnel":
-            from . import tunnel  # many requests over this one session (wire protocol section 7)
+            from . import tunnel  # many requests over this one session (wire protocol section 8)
 
             return tunnel.serve(settings, stdin, stdout, log, handle_request)
         if parsed == "keep-alive" or parsed == "status":

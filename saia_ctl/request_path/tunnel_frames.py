@@ -1,4 +1,4 @@
-"""The frames of the ``tunnel`` session (``docs/wire-protocol.md`` section 7).
+"""The frames of the ``tunnel`` session (``docs/wire-protocol.md`` section 8).
 
 A frame is a 9-byte header and a payload: one byte of kind, the stream id
 (4 bytes, big endian), the payload length (4 bytes, big endian), then that
@@ -21,6 +21,11 @@ BODY = 0x42  # "B": a piece of the request body
 END = 0x45  # "E": the request body is complete (the handler's stdin reaches end of file)
 CANCEL = 0x43  # "C": the client went away: abort the stream
 PING = 0x4B  # "K": keep-alive, on stream 0
+# both ways: flow control of the answers (docs/wire-protocol.md section 8). From the proxy on
+# stream 0: the offer, with each stream's first window; the login node that knows it echoes it.
+# From the proxy on a stream: that many more bytes of DATA may come.
+WINDOW = 0x57  # "W": payload = a window in bytes (4 bytes, big endian, 1 .. MAX_WINDOW)
+MAX_WINDOW = 1 << 30
 # login node -> proxy
 HELLO = 0x48  # "H": stream 0, payload GREETING: this installation speaks the tunnel
 DATA = 0x44  # "D": a piece of the answer, as `curl -i -N` prints it
@@ -28,8 +33,8 @@ DONE = 0x46  # "F": the stream ended; payload = the outcome (ascii: "ok", "error
 ERROR = 0x58  # "X": the stream (or, on stream 0, the session) ended with an error; payload = why
 PONG = 0x6B  # "k": the answer to PING
 
-TO_LOGIN = frozenset({OPEN, BODY, END, CANCEL, PING})
-TO_PROXY = frozenset({HELLO, DATA, DONE, ERROR, PONG})
+TO_LOGIN = frozenset({OPEN, BODY, END, CANCEL, PING, WINDOW})
+TO_PROXY = frozenset({HELLO, DATA, DONE, ERROR, PONG, WINDOW})
 
 
 class FrameError(Exception):
@@ -43,6 +48,21 @@ def encode(kind: int, stream: int, payload: bytes = b"") -> bytes:
     if not 0 <= stream <= MAX_STREAM:
         raise ValueError(f"stream id {stream} out of range")
     return bytes((kind,)) + stream.to_bytes(4, "big") + len(payload).to_bytes(4, "big") + payload
+
+
+def window(stream: int, size: int) -> bytes:
+    """A WINDOW frame granting ``size`` bytes (ValueError out of 1 .. ``MAX_WINDOW``)."""
+    if not 0 < size <= MAX_WINDOW:
+        raise ValueError(f"window of {size} bytes out of range")
+    return encode(WINDOW, stream, size.to_bytes(4, "big"))
+
+
+def window_size(payload: bytes) -> int | None:
+    """The bytes a WINDOW frame grants; None for a malformed one."""
+    if len(payload) != 4:
+        return None
+    size = int.from_bytes(payload, "big")
+    return size if 0 < size <= MAX_WINDOW else None
 
 
 def pieces(kind: int, stream: int, data: bytes) -> list[bytes]:
