@@ -202,7 +202,10 @@ class TunnelConn:
             self._kill()
             raise SSHError(f"the tunnel session sent a broken frame: {e}") from None
         if not data.startswith(hello):
-            self._kill()
+            if data:  # an answer, but no greeting: a login node without the word
+                self._kill()
+            # At the end of its output the session is ending by itself: its own exit status
+            # (not a kill's) tells a failed connection (255) from a login node without the word.
             rc = await self.sess.close()
             if rc == SSH_FAILED and not data:
                 raise SSHError(f"the tunnel session failed: {self.sess.stderr_text() or 'no output'}")
