@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -281,3 +282,32 @@ def test_a_login_node_without_the_word_gets_one_session_per_request(fakes: Fakes
     sent = commands(fakes)
     assert sent.count("tunnel") == 1  # asked once, then not again for a while
     assert len([c for c in sent if "\n" in c]) == 2
+
+
+def test_an_answer_cut_by_a_dying_session_keeps_its_line_in_the_proxy_log(
+    fakes: Fakes, home: Path, real_login: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen in the tunnel soak: the proxy closes the client's connection on a cut
+    answer, and that used to cancel the handler before it logged the request."""
+    errors: list[BaseException] = []
+
+    def ask(base: str) -> None:
+        try:
+            _slow_stream(base, 60)
+        except Exception as e:
+            errors.append(e)
+
+    with caplog.at_level(logging.INFO, logger="saia_ctl.proxy"):
+        with proxy(fakes, tunnel_sessions=1) as (_p, base):
+            worker = threading.Thread(target=ask, args=(base,), daemon=True)
+            worker.start()
+            wait_until(lambda: len(rows(home / "saia.db")) == 1, 20, "the request in flight")
+            (pid,) = _tunnel_pids(home)
+            os.kill(pid, signal.SIGKILL)
+            worker.join(30)
+            assert errors  # the client saw its answer cut
+            wait_until(
+                lambda: any(" -> 200 cut " in r.getMessage() for r in caplog.records), 10, "the summary line"
+            )
+    [line] = [r.getMessage() for r in caplog.records if " -> 200 cut " in r.getMessage()]
+    assert "slot=tunnel:" in line and "user=bob" in line
