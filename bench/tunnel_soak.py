@@ -62,18 +62,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 from common import Figure, report  # noqa: E402
+from tunnel import start_sshd  # noqa: E402
 
 VENV_BIN = REPO / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 SERVICE = "tunnel-soak"
 SESSIONS = 2
 ENTRY_MARKS = (b"request_path/entry.py", b"saia_ctl.request_path.entry")
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -319,27 +314,6 @@ class Soak:
         for args in (["db", "upgrade"], ["init", "--config", str(self.home / "config.json")]):
             subprocess.run([saia, *args], env=env, check=True, capture_output=True, timeout=120)
 
-    def start_sshd(self) -> int:
-        port = free_port()
-        lines = [
-            line
-            for line in (self.cluster.dir / "ssh" / "sshd_config").read_text().splitlines()
-            if line.split(" ", 1)[0] not in ("Port", "PidFile")
-        ]
-        pidfile = self.root / "sshd.pid"
-        lines += [f"Port {port}", f"PidFile {pidfile}"]
-        (self.root / "sshd_config").write_text("\n".join(lines) + "\n")
-        subprocess.run(
-            ["/usr/sbin/sshd", "-f", str(self.root / "sshd_config"), "-E", str(self.root / "sshd.log")],
-            check=True,
-            timeout=30,
-        )
-        deadline = time.monotonic() + 10
-        while not pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.sshd_pid = int(pidfile.read_text().split()[0])
-        return port
-
     def start_proxy(self, sshd_port: int, key: Path) -> tuple[subprocess.Popen[bytes], int]:
         exe = VENV_BIN / "saia-ctl"
         argv = [
@@ -428,7 +402,7 @@ class Soak:
         self.cluster = cluster_at(given.resolve(), owned=False)
         self.prepare_home()
         key = self.cluster.add_forced_key(f"SAIA_HOME={self.home} {REPO}/cloud_interface.sh")
-        sshd_port = self.start_sshd()
+        self.sshd_pid, sshd_port = start_sshd(self.cluster, self.root)  # bench/tunnel.py's
         proxy, port = self.start_proxy(sshd_port, key)
         t0 = time.monotonic()
         self.wait_ready()
