@@ -20,8 +20,9 @@ node's side (the ``tunnel`` process under sshd). At the end:
   every row is a request a client sent;
 - no row left open once the ticks ran (the rows of a killed tunnel process are
   closed by the tick, which sees their handler gone);
-- no tunnel process outlives its session (counted before each kill) and no
-  login-node process of this run is left once the proxy stopped;
+- no tunnel process outlives its session (counted before each kill), and
+  once the proxy stopped no login-node process of this run is left, nor an
+  ssh process of the proxy's;
 - the proxy reopened its sessions (one per kill) and served requests after the
   last kill.
 
@@ -138,6 +139,12 @@ def proxy_tunnels(proxy_pid: int) -> list[int]:
             if argv[-2:-1] == [b"tunnel"] or argv[-1:] == [b"tunnel"]:
                 out.append(pid)
     return out
+
+
+def ssh_processes(control_dir: str) -> list[int]:
+    """The proxy's ssh processes (clients and ControlPersist masters) of this run."""
+    mark = control_dir.encode()
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and mark in _read(f"/proc/{e}/cmdline")]
 
 
 def kill(pid: int) -> bool:
@@ -436,23 +443,30 @@ class Soak:
         proxy.wait(60)
         left = home_processes(self.home)
         deadline = time.monotonic() + 40  # a tunnel waits up to 30 s for its handlers
-        while left and time.monotonic() < deadline:
+        while (left or ssh_processes(self.control_dir)) and time.monotonic() < deadline:
             time.sleep(0.5)
             left = home_processes(self.home)
-        if left:
-            self.notes.append("left behind: " + "; ".join(_describe(p) for p in left))
+        left_ssh = ssh_processes(self.control_dir)
+        for pid in left + left_ssh:
+            self.notes.append(f"left behind: {_describe(pid)}")
         print(
             f"tunnel_soak: load ended; checks took {time.monotonic() - start - duration:.0f} s",
             file=sys.stderr,
         )
-        return self.figures(load.sent, live_at_end, left, start, len(times))
+        return self.figures(load.sent, live_at_end, left, left_ssh, start, len(times))
 
     def open_rows(self) -> int:
         with closing(self.db()) as c:
             return int(c.execute("SELECT count(*) FROM requests WHERE ended_at IS NULL").fetchone()[0])
 
     def figures(
-        self, sent: list[Sent], live_at_end: int, left: list[int], start: float, expected_kills: int
+        self,
+        sent: list[Sent],
+        live_at_end: int,
+        left: list[int],
+        left_ssh: list[int],
+        start: float,
+        expected_kills: int,
     ) -> list[Figure]:
         with closing(self.db()) as c:
             rows = c.execute(
@@ -510,6 +524,7 @@ class Soak:
             Figure(b, "stray tunnel processes before a kill (max)", max(self.strays, default=0), "",
                    goal="0", ok=max(self.strays, default=0) == 0),
             Figure(b, "login-node processes left behind", len(left), "", goal="0", ok=not left),
+            Figure(b, "proxy-side ssh processes left behind", len(left_ssh), "", goal="0", ok=not left_ssh),
         ]  # fmt: skip
 
     def cleanup(self) -> None:
