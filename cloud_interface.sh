@@ -25,8 +25,4 @@ fi
 [[ -x $py ]] || py=python3
 # Not found by path (an editable install): import it through site-packages.
 [[ -e $entry ]] || exec "$py" -I -m saia_ctl.request_path.entry
-# SAIA_FORWARDER=on: its private directory exists; the client hands the request
-# to the forwarder, or execs the line below when the forwarder does not answer.
-[[ -d ${TMPDIR:-/tmp}/saia-$UID && -x /usr/bin/perl ]] &&
-    exec /usr/bin/perl "${entry%/*}/client.pl" "$py" "$entry"
 exec "$py" -I -S "$entry"

@@ -236,27 +236,10 @@ def cancel_jobs(home: Path, cluster: Any) -> None:
         subprocess.run(["scancel", *ids], env={**os.environ, **cluster.env}, capture_output=True, timeout=60)
 
 
-def wait_forwarder(home: Path, timeout: float = 30.0) -> None:
-    """The proxy's keep-alives start the forwarder (SAIA_FORWARDER=on): wait until it answers."""
-    from saia_ctl.request_path.forwarder_socket import answers, socket_path
-
-    path = socket_path(str(home))
-    deadline = time.monotonic() + timeout
-    while not answers(path):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the forwarder did not start within {timeout:.0f} s ({path})")
-        time.sleep(0.2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=40, help="requests per variant (interleaved)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON last (bench/run)")
-    ap.add_argument(
-        "--forwarder",
-        action="store_true",
-        help="with SAIA_FORWARDER=on: requests go through the long-lived forwarder (started by keep-alive)",
-    )
     args = ap.parse_args()
 
     cluster, private = get_cluster()
@@ -268,14 +251,9 @@ def main() -> None:
     proxy: subprocess.Popen[bytes] | None = None
     try:
         prepare_home(home, cluster)
-        if args.forwarder:
-            with (home / "saia.conf").open("a") as f:
-                f.write("SAIA_FORWARDER=on\n")
         key = cluster.add_forced_key(f"SAIA_HOME={home} {REPO}/cloud_interface.sh")
         proxy, port = start_proxy(cluster, key, control_dir, tmp / "proxy.log")
         wait_ready(port)
-        if args.forwarder:
-            wait_forwarder(home)
         conn = sqlite3.connect(home / "saia.db")
         node, bport, secret = conn.execute(
             "SELECT node, port, secret FROM jobs WHERE state = 'ready' AND service_id = ?", (SERVICE,)

@@ -8,12 +8,6 @@ processes started (``RUSAGE_CHILDREN``: bash + python, or curl) and
 machine-wide (``/proc/stat`` busy time, which includes the backend, the
 same for both variants).
 
-With ``--forwarder`` a third variant, ``forwarder``: ``cloud_interface.sh``
-with ``SAIA_FORWARDER=on`` and the forwarder running (``saia_ctl/request_path/forwarder.py``,
-reached by ``saia_ctl/request_path/client.pl``). Its per-process CPU covers bash +
-perl only; the forked child that serves the request runs in the forwarder, so
-compare the machine-wide figure, which includes it.
-
 With ``--limits`` a variant ``limits``: ``cloud_interface.sh`` on a second state
 directory where the bench user has limits of every request kind, a concurrency
 limit and a token budget (all far from reached), a project pattern and a
@@ -21,7 +15,7 @@ default limit: admission decides and writes its counters in the recording
 transaction. The figure to read is its median minus ``cloud_interface``'s
 (limits on vs off, same run; goal: at most 1 ms).
 
-    .venv/bin/python bench/request_path.py [--requests 100] [--runs 3] [--stream] [--forwarder] [--limits]
+    .venv/bin/python bench/request_path.py [--requests 100] [--runs 3] [--stream] [--limits]
 """
 
 from __future__ import annotations
@@ -134,7 +128,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stream", action="store_true", help="a streaming chat completion instead")
     ap.add_argument("--batch", type=int, default=10, help="requests of one variant in a row")
-    ap.add_argument("--forwarder", action="store_true", help="also the forwarder variant (SAIA_FORWARDER=on)")
     ap.add_argument("--limits", action="store_true", help="also the limits variant (admission deciding)")
     ap.add_argument("--json", action="store_true", help="print the figures as a JSON line last (bench/run)")
     args = ap.parse_args()
@@ -142,34 +135,10 @@ def main() -> None:
     if curl is None:
         raise SystemExit("curl is needed")
     home = Path(tempfile.mkdtemp(prefix="saia-bench-"))
-    # Private TMPDIRs: the forwarder's socket directory exists only in fwd_tmp, so the
-    # cloud_interface variant takes today's one-process path.
-    plain_tmp = tempfile.mkdtemp(prefix="sb", dir="/tmp")
-    fwd_tmp = tempfile.mkdtemp(prefix="sf", dir="/tmp")
-    fwd_proc = None
     cleanup: list[Path] = []
     backend = BackendProcess()
     try:
         setup(home)
-        if args.forwarder:
-            (home / "saia.conf").write_text("SAIA_FORWARDER=on\n")
-            fwd_env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
-            fwd_env.update(SAIA_HOME=str(home), PYTHONPATH=str(REPO), TMPDIR=fwd_tmp)
-            fwd_proc = subprocess.Popen(
-                [str(REPO / ".venv" / "bin" / "python"), "-m", "saia_ctl.request_path.forwarder"],
-                env=fwd_env,
-                stdin=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            from saia_ctl.request_path.forwarder_socket import answers, socket_path
-
-            sock = socket_path(str(home), {"TMPDIR": fwd_tmp})
-            for _ in range(100):
-                if answers(sock):
-                    break
-                time.sleep(0.05)
-            else:
-                raise SystemExit("the forwarder did not start")
         add_job(home / "saia.db", "bench", backend.port, backend.secret)
         body = chat_body(args.stream, max_tokens=5)
         url = f"http://127.0.0.1:{backend.port}/v1/chat/completions"
@@ -179,7 +148,6 @@ def main() -> None:
         ]  # fmt: skip
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
         base_env["SAIA_HOME"] = str(home)
-        base_env["TMPDIR"] = plain_tmp
         variants = {"cloud_interface": base_env}
         if args.limits:
             lim_home = Path(tempfile.mkdtemp(prefix="saia-bench-limits-"))
@@ -188,8 +156,6 @@ def main() -> None:
             add_job(lim_home / "saia.db", "bench", backend.port, backend.secret)
             set_limits(lim_home)
             variants["limits"] = dict(base_env, SAIA_HOME=str(lim_home))
-        if args.forwarder:
-            variants["forwarder"] = dict(base_env, TMPDIR=fwd_tmp)
         # warm-up (bytecode, page cache)
         for i in range(5):
             run_batch([(direct, base_env)])
@@ -197,14 +163,13 @@ def main() -> None:
                 f"warm-{i}", "bench@x", "bench", "/v1/chat/completions",
                 headers={"content-type": "application/json"}, body=body).decode())  # fmt: skip
             for venv in variants.values():
-                run_batch([([str(CLOUD_INTERFACE)], dict(env, TMPDIR=venv["TMPDIR"]))])
+                run_batch([([str(CLOUD_INTERFACE)], dict(env, SAIA_HOME=venv["SAIA_HOME"]))])
         print(f"request: POST /v1/chat/completions ({'streaming' if args.stream else 'non-streaming'}, "
               f"{len(body)} bytes), {args.requests} per variant and run, cores: {os.cpu_count()}")  # fmt: skip
         print(
             f"{'run':>3} {'variant':<18} {'median ms':>9} {'p95 ms':>7} {'cpu/req ms':>10} {'machine cpu/req ms':>18}"
         )
         summary = []
-        fwd_summary: list[tuple[float, float, float, float, float]] = []
         lim_summary: list[tuple[float, float]] = []
         seq = 0
         for run in range(1, args.runs + 1):
@@ -244,12 +209,6 @@ def main() -> None:
                 lim_cpu = figures["limits"][2] - figures["cloud_interface"][2]
                 print(f"{run:>3} {'limits - none':<18} {lim_over:9.1f} {'':>7} {lim_cpu:10.1f}")
                 lim_summary.append((lim_over, lim_cpu))
-            if "forwarder" in figures:
-                f_over = figures["forwarder"][0] - figures["curl"][0]
-                f_p95 = figures["forwarder"][1] - figures["curl"][1]
-                f_cpu = figures["forwarder"][3] - figures["curl"][3]
-                print(f"{run:>3} {'fwd overhead':<18} {f_over:9.1f} {f_p95:7.1f} {'':>10} {f_cpu:18.1f}")
-                fwd_summary.append((f_over, f_p95, figures["forwarder"][2], f_cpu, extra_cpu))
             summary.append(
                 (
                     overhead,
@@ -271,19 +230,10 @@ def main() -> None:
                 f"median over runs: limits on vs off {statistics.median(s[0] for s in lim_summary):+.2f} ms "
                 f"wall, {statistics.median(s[1] for s in lim_summary):+.2f} ms CPU per request (goal: <= 1 ms)"
             )
-        if fwd_summary:
-            print(
-                f"median over runs: forwarder overhead {statistics.median(s[0] for s in fwd_summary):.1f} ms "
-                f"(p95 {statistics.median(s[1] for s in fwd_summary):.1f} ms), bash + perl CPU "
-                f"{statistics.median(s[2] for s in fwd_summary):.1f} ms/request, machine-wide CPU over curl "
-                f"{statistics.median(s[3] for s in fwd_summary):.1f} ms/request "
-                f"(one-process: {statistics.median(s[4] for s in fwd_summary):.1f} ms/request)"
-            )
         import sqlite3
 
         with sqlite3.connect(home / "saia.db") as conn:
-            # A forwarder's child closes its row just after the client saw the end of
-            # the answer (the one process does too, but exits only after): wait for it.
+            # Rows are closed just after the client saw the end of the answer: wait for them.
             for _ in range(100):
                 if not conn.execute("SELECT count(*) FROM requests WHERE ended_at IS NULL").fetchone()[0]:
                     break
@@ -359,13 +309,8 @@ def main() -> None:
                 )
             )
     finally:
-        if fwd_proc is not None:
-            fwd_proc.terminate()
-            fwd_proc.wait(10)
         backend.stop()
         shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(plain_tmp, ignore_errors=True)
-        shutil.rmtree(fwd_tmp, ignore_errors=True)
         for extra in cleanup:
             shutil.rmtree(extra, ignore_errors=True)
 

@@ -61,20 +61,6 @@ def number(minimum: float) -> Parser:
     return parse
 
 
-_TRUE = ("on", "yes", "true", "1")
-_FALSE = ("off", "no", "false", "0")
-
-
-def boolean(name: str, value: str) -> bool:
-    """on/off, yes/no, true/false or 1/0, any case; anything else is an error, never "off"."""
-    word = value.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise SettingsError(f"{name} must be on or off (yes/no, true/false, 1/0), not {value!r}")
-
-
 def choice(*words: str) -> Parser:
     """One of ``words``, any case; the value is lower-cased."""
 
@@ -220,18 +206,16 @@ SETTINGS: tuple[Setting, ...] = (
         "and `db prune --tz`, and the zone the tick keeps the report ledger in.",
         attr="_accounting_tz",
     ),
-    Setting(
-        "SAIA_FORWARDER",
-        "off",
-        boolean,
-        "on: keep-alive keeps a long-lived forwarder running on the login node (python -m "
-        "saia_ctl.request_path.forwarder, local Unix socket) and cloud_interface.sh hands requests to it, "
-        "saving the interpreter start; without it, the one-process path. off: never. "
-        "Also yes/no, true/false, 1/0.",
-    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+# Settings that once existed: a saia.conf or an environment that still sets one keeps
+# working (the value is ignored), and `saia-ctl doctor` names it with the reason.
+RETIRED = {
+    "SAIA_FORWARDER": "the optional forwarder was removed: the tunnel "
+    "(saia-ctl proxy --tunnel-sessions) replaces it",
+}
 
 
 def _read_conf_file(home: str) -> dict[str, str]:
@@ -250,7 +234,7 @@ def _read_conf_file(home: str) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         key = key.strip()
-        if not sep or key not in _BY_NAME:
+        if not sep or (key not in _BY_NAME and key not in RETIRED):
             raise SettingsError(f"{path}:{number}: not a known SAIA_ setting: {key!r}")
         values[key] = value.strip().strip('"').strip("'")
     return values
@@ -280,7 +264,6 @@ class Settings:
     backend_timeout: float
     _python: str
     _accounting_tz: str
-    forwarder: bool
 
     def __init__(self, home: str | None = None, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -296,11 +279,12 @@ class Settings:
                 value = conf.get(s.name, s.default)
             parsed = s.parse(s.name, value)
             setattr(self, s.attr, parsed)
-            # raw() gives the canonical spelling of a flag: "on"/"off", whatever was written.
-            self._values[s.name] = ("on" if parsed else "off") if isinstance(parsed, bool) else value
+            self._values[s.name] = value
+        # RETIRED names set in saia.conf or the environment (ignored; doctor names them)
+        self.retired: list[str] = [name for name in RETIRED if env.get(name) is not None or name in conf]
 
     def raw(self, name: str) -> str:
-        """The text of a setting as given (a flag as ``on``/``off``)."""
+        """The text of a setting as given."""
         return self._values[name]
 
     @property

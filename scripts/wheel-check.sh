@@ -65,7 +65,7 @@ log "built $(basename "$wheel")"
 pip_quiet "$W/venv/bin/python" -m pip install --disable-pip-version-check "$wheel"
 BIN=$W/venv/bin
 SITE=$("$BIN/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
-for f in "$BIN/saia-ctl" "$BIN/cloud_interface.sh" "$SITE/saia_ctl/request_path/client.pl" \
+for f in "$BIN/saia-ctl" "$BIN/cloud_interface.sh" "$SITE/saia_ctl/request_path/entry.py" \
   "$SITE/saia_ctl/migrations/env.py" "$SITE/saia_ctl/sbatch/vllm.sbatch"; do
   [[ -e $f ]] || fail "the installation lacks $f"
 done

@@ -144,3 +144,13 @@ def test_soak_runs_only_when_asked(tmp_path: Path) -> None:
     assert "1.5 min" in rows(r.stdout)["minutes"]
     r = run(tmp_path, "--only", "soak", "--soak")
     assert set(rows(r.stdout)) == {"minutes"}
+
+
+def test_tunnel_soak_runs_only_when_asked_and_takes_the_minutes(tmp_path: Path) -> None:
+    make(tmp_path, good=GOOD, soak=SOAK, tunnel_soak=SOAK.replace('"soak"', '"tunnel_soak"'))
+    got = run(tmp_path)
+    assert "minutes" not in rows(got.stdout)
+    r = run(tmp_path, "--tunnel-soak", "--soak-minutes", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    soaks = [line for line in r.stdout.splitlines() if " minutes " in line]
+    assert len(soaks) == 1 and soaks[0].startswith("tunnel_soak") and "2 min" in soaks[0]

@@ -166,11 +166,11 @@ def test_a_bug_outside_any_command_body_is_caught_by_the_entry_point(home: Path)
 
 def test_an_expected_error_is_exactly_one_line_and_logs_nothing(home: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SAIA_DEBUG"}
-    env["SAIA_FORWARDER"] = "yes please"
+    env["SAIA_JOURNAL_MODE"] = "fast please"
     r = run("services", "list", env=env)
     assert r.returncode == 1
-    assert r.stderr == (
-        "Error: SAIA_FORWARDER must be on or off (yes/no, true/false, 1/0), not 'yes please'\n"
+    assert (
+        r.stderr == "Error: SAIA_JOURNAL_MODE must be delete, truncate, persist or wal, not 'fast please'\n"
     )
     assert not (home / "logs" / "cli.log").exists()
 

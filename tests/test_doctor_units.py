@@ -320,3 +320,18 @@ def test_authorized_keys_leaves_other_installations_alone_unless_unrestricted(tm
     assert not r.ok and "line 1: neither restrict" in r.detail
     r = check_authorized_keys(_keys(tmp_path, other), fc, "/state")
     assert not r.ok and "no line runs it with SAIA_HOME=/state" in r.detail and "/test-state" in r.detail
+
+
+def test_a_retired_setting_is_a_doctor_error_with_the_reason(tmp_path: Path) -> None:
+    from saia_ctl.doctor import Options, run_checks
+
+    (tmp_path / "saia.conf").write_text("SAIA_FORWARDER=on\n")
+    checks = run_checks(Options(home=str(tmp_path), environ={}))
+    settings, retired = next(checks), next(checks)
+    assert settings.ok and settings.name == "settings"
+    assert (retired.name, retired.ok) == ("retired settings", False)
+    assert "SAIA_FORWARDER is no longer read" in retired.detail and "tunnel" in retired.detail
+    assert "delete SAIA_FORWARDER from" in retired.fix
+    (tmp_path / "saia.conf").write_text("")
+    checks = run_checks(Options(home=str(tmp_path), environ={}))
+    assert [next(checks).name, next(checks).name] == ["settings", "database"]

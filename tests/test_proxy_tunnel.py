@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -202,7 +203,7 @@ def test_a_client_that_goes_away_is_cancelled_and_recorded_aborted(
 
 
 def test_a_session_that_dies_records_its_requests_aborted_and_is_reopened(
-    fakes: Fakes, home: Path, real_login: FakeBackend
+    fakes: Fakes, home: Path, real_login: FakeBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     errors: list[BaseException] = []
 
@@ -212,6 +213,10 @@ def test_a_session_that_dies_records_its_requests_aborted_and_is_reopened(
         except Exception as e:
             errors.append(e)
 
+    def cut() -> list[str]:
+        return [r.getMessage() for r in caplog.records if " -> 200 cut " in r.getMessage()]
+
+    caplog.set_level(logging.INFO, logger="saia_ctl.proxy")
     with proxy(fakes, tunnel_sessions=1) as (p, base):
         worker = threading.Thread(target=ask, args=(base,), daemon=True)
         worker.start()
@@ -223,6 +228,10 @@ def test_a_session_that_dies_records_its_requests_aborted_and_is_reopened(
         assert row["outcome"] == "aborted" and row["ended_at"] is not None
         worker.join(30)
         assert errors  # the client saw its answer cut, not a complete one
+        # and the proxy's log has the request's line (seen in the tunnel soak: closing the
+        # client's connection cancelled the handler before it was written)
+        wait_until(lambda: len(cut()) == 1, 10, "the summary line of the cut answer")
+        assert "user=bob" in cut()[0] and "slot=tunnel:" in cut()[0]
         done = client(base).chat.completions.create(model="svc", messages=[{"role": "user", "content": "x"}])
         assert done.choices[0].message.content
         assert p.tunnels is not None and p.tunnels.opened == 2

@@ -2,32 +2,19 @@
 against a local backend process: forwarding, streaming, recording, failures,
 holding for a starting job, least-in-flight routing, control commands.
 
-Every end-to-end case runs on both paths (the ``via`` fixture): the
-one-process path (bash execs ``python -I -S entry.py``) and the opt-in
-forwarder (``SAIA_FORWARDER=on``: bash -> perl ``client.pl`` -> a forked
-child of ``python -m saia_ctl.request_path.forwarder``), which must give the
-same answers and rows. ``cloud_interface.sh`` -> perl -> python is one exec
-chain, one pid: a row whose ``handler_pid`` is the client's pid took the
-one-process path, any other pid is a child of the forwarder; after each test
-the fixture checks that every row took the path under test. The tests after
-those are the forwarder's own: concurrency, the fallback when it is absent or
-stale, one instance, a private directory, exits, keep-alive starting it.
-
-Each test has its own short ``TMPDIR`` (the forwarder's socket directory lives
-there; without it bash never starts perl)."""
+Every end-to-end case runs on the one-process path (bash execs ``python -I -S
+entry.py``: one exec chain, one pid), through the ``via`` fixture, which
+checks after each test that every row's ``handler_pid`` is the pid of a
+``cloud_interface.sh`` it started."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from saia_ctl.request_path.forwarder_socket import answers, base_dir, socket_path
 from tests.support.backend import BackendProcess as Backend
 from tests.support.fixtures import service_config
 from tests.support.net import free_port
@@ -54,18 +40,6 @@ from tests.support.wire import (
 from tests.support.wire import parse_as_proxy as parse_http
 
 JSON = {"content-type": "application/json"}
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
-HAVE_PERL = os.access("/usr/bin/perl", os.X_OK)
-needs_perl = pytest.mark.skipif(not HAVE_PERL, reason="the forwarder's client needs /usr/bin/perl")
-
-
-@pytest.fixture
-def tmpdir_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A short private TMPDIR for this test (socket paths are limited to 107 bytes)."""
-    d = tempfile.mkdtemp(prefix="sf", dir="/tmp")
-    monkeypatch.setenv("TMPDIR", d)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -76,7 +50,7 @@ def backend() -> Iterator[Backend]:
 
 
 @pytest.fixture
-def svc(home: Path, import_services: Any, tmpdir_env: str) -> Path:
+def svc(home: Path, import_services: Any) -> Path:
     """Service ``svc`` (no automatic starts, 1 s hold); returns the database path."""
     import_services(
         service_config("svc", minimum_number_instances=0, maximum_number_instances=0, request_hold_time=1)
@@ -87,37 +61,6 @@ def svc(home: Path, import_services: Any, tmpdir_env: str) -> Path:
 def conf(home: Path, **values: object) -> None:
     path = home / "saia.conf"
     path.write_text(path.read_text() + "".join(f"{k}={v}\n" for k, v in values.items()))
-
-
-class Forwarder:
-    """``python -m saia_ctl.request_path.forwarder`` for ``home``, started by the test."""
-
-    def __init__(self, home: Path, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
-        env.update(SAIA_HOME=str(home), PYTHONPATH=str(REPO))
-        self.log = home / "forwarder-test.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "saia_ctl.request_path.forwarder", *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.path = socket_path(str(home))
-
-    def wait_ready(self) -> Forwarder:
-        for _ in range(200):
-            if answers(self.path):
-                return self
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.025)
-        raise AssertionError("the forwarder did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(10)
 
 
 class Ran:
@@ -131,31 +74,17 @@ class Ran:
 
 
 class Via:
-    """The path under test. In forwarder mode the forwarder is started before
-    the first request (after the test's own ``conf`` lines: a change of
-    ``saia.conf`` stops it, and the next request starts a fresh one)."""
+    """``cloud_interface.sh`` run as sshd runs it; remembers the pids it started."""
 
-    def __init__(self, home: Path, forwarder: bool) -> None:
+    def __init__(self, home: Path) -> None:
         self.home = home
-        self.forwarder = forwarder
-        self.running: Forwarder | None = None
         self.pids: set[int] = set()
-        if forwarder:
-            conf(home, SAIA_FORWARDER="on")
 
     def conf(self, **values: object) -> None:
         conf(self.home, **values)
-        if self.running is not None:
-            self.running.stop()
-            self.running = None
-
-    def _ready(self) -> None:
-        if self.forwarder and self.running is None:
-            self.running = Forwarder(self.home).wait_ready()
 
     def popen(self, cmd: bytes, **kwargs: Any) -> subprocess.Popen[bytes]:
         """``cloud_interface.sh`` started as sshd would, stdin/stdout/stderr as given."""
-        self._ready()
         p = subprocess.Popen([str(CLOUD_INTERFACE)], env=environment(self.home, cmd), **kwargs)
         self.pids.add(p.pid)
         return p
@@ -165,24 +94,16 @@ class Via:
         out, err = p.communicate(stdin, timeout=timeout)
         return Ran(p.returncode, out, err, p.pid)
 
-    def close(self) -> None:
-        if self.running is not None:
-            self.running.stop()
-
     def check_rows(self) -> None:
-        """Every recorded request took the path under test."""
+        """Every recorded request was handled by a process this test started (one exec chain)."""
         for r in rows(self.home / "saia.db"):
-            by_client = r["handler_pid"] in self.pids
-            assert by_client != self.forwarder, (self.forwarder, r["inference_id"], r["handler_pid"])
+            assert r["handler_pid"] in self.pids, (r["inference_id"], r["handler_pid"])
 
 
-@pytest.fixture(params=["one-process", pytest.param("forwarder", marks=needs_perl)])
-def via(request: pytest.FixtureRequest, home: Path, tmpdir_env: str) -> Iterator[Via]:
-    v = Via(home, request.param == "forwarder")
-    try:
-        yield v
-    finally:
-        v.close()
+@pytest.fixture
+def via(home: Path) -> Iterator[Via]:
+    v = Via(home)
+    yield v
     v.check_rows()
 
 
@@ -288,8 +209,8 @@ def test_sse_chunks_arrive_before_the_answer_ends(home: Path, svc: Path, backend
     first_event = next(t for t, n in arrivals if n >= 1)
     assert total >= 1.4
     assert first_event < total - 1.0, arrivals  # the first token came >1 s before the end
-    # The events came in separate pieces (perl's relay may join two).
-    assert len({n for _, n in arrivals}) >= (3 if via.forwarder else 5), arrivals
+    # The events came in separate pieces.
+    assert len({n for _, n in arrivals}) >= 5, arrivals
     assert rows(svc)[0]["outcome"] == "ok"
 
 
@@ -690,7 +611,7 @@ def test_handler_imports_only_the_standard_library(home: Path, svc: Path, backen
 
 
 def test_no_traceback_ever_reaches_stdout(home: Path, svc: Path) -> None:
-    """One-process only: with bad settings no forwarder starts."""
+    """With bad settings, one line on stderr and a 503, never a traceback."""
     (home / "saia.conf").write_text("SAIA_BUSY_TIMEOUT=not-a-number\n")
     r = run_interface(home, command("x", "u", "svc", "/x", body=b""))
     assert parse_http(r.stdout)[0] == 503 and b"Traceback" not in r.stdout + r.stderr
@@ -740,233 +661,14 @@ def test_job_at_the_end_of_its_walltime_gets_no_new_request(home: Path, svc: Pat
         b.stop()
 
 
-# --- the forwarder's own ----------------------------------------------------------
-
-
-@pytest.fixture
-def fwd_svc(home: Path, import_services: Any, tmpdir_env: str) -> Path:
-    """``svc`` and ``dead`` (no hold), SAIA_FORWARDER=on; returns the database path."""
-    import_services(
-        service_config("svc", minimum_number_instances=0, maximum_number_instances=0, request_hold_time=1),
-        service_config("dead", minimum_number_instances=0, maximum_number_instances=0, request_hold_time=0),
-    )
-    conf(home, SAIA_FORWARDER="on", SAIA_BACKEND_TIMEOUT=3)
-    return home / "saia.db"
-
-
-@pytest.fixture
-def forwarder(home: Path, fwd_svc: Path) -> Iterator[Forwarder]:
-    f = Forwarder(home).wait_ready()
-    yield f
-    f.stop()
-
-
-def call(home: Path, cmd: bytes, stdin: bytes = b"", timeout: float = 60) -> tuple[int, bytes, bytes, int]:
-    """(exit status, stdout, stderr, pid) of cloud_interface.sh run as sshd would."""
-    env = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in environment(home, cmd).items()}
-    env[b"SSH_ORIGINAL_COMMAND"] = cmd
-    p = subprocess.Popen(
-        [str(CLOUD_INTERFACE)],
-        env=env,  # type: ignore[arg-type]
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = p.communicate(stdin, timeout=timeout)
-    return p.returncode, out, err, p.pid
-
-
-def _no_tick_due(db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "INSERT INTO ticks (started_at, holder, summary, actions) VALUES (?, 'x', '', '[]')",
-            (time.time() + 3600,),
-        )
-    conn.close()
-
-
-@needs_perl
-def test_forwarder_client_killed_closes_the_row(
-    home: Path, fwd_svc: Path, backend: Backend, forwarder: Forwarder
+def test_a_saia_conf_that_still_sets_the_removed_forwarder_is_served(
+    home: Path, svc: Path, backend: Backend, via: Via
 ) -> None:
-    """The client dies (SIGKILL: it cannot pass anything on): its socket closes,
-    and the forked child closes the row as aborted at once."""
-    add_job(fwd_svc, "svc", backend.port, backend.secret)
-    cmd = command("closed", "u", "svc", "/hang", body=b"")
-    p = subprocess.Popen(
-        [str(CLOUD_INTERFACE)],
-        env=environment(home, cmd),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    for _ in range(100):
-        if rows(fwd_svc):
-            break
-        time.sleep(0.05)
-    time.sleep(0.2)
-    assert p.stdout is not None
-    p.stdout.close()
-    p.kill()
-    p.wait(10)
-    time.sleep(0.5)
-    [closed] = rows(fwd_svc)
-    assert closed["outcome"] == "aborted" and closed["ended_at"] is not None, closed
-    assert closed["ended_at"] - closed["started_at"] < 2 and closed["handler_pid"] != p.pid
-
-
-@needs_perl
-def test_32_concurrent_clients_x_10_requests(home: Path, fwd_svc: Path, forwarder: Any) -> None:
-    backends = [Backend(), Backend()]
-    try:
-        for b in backends:
-            add_job(fwd_svc, "svc", b.port, b.secret)
-        failures: list[str] = []
-
-        def client(c: int) -> None:
-            for i in range(10):
-                extra = {"stream_options": {"include_usage": True}} if i % 2 == 0 else {}
-                body = chat_body(i % 2 == 0, max_tokens=3, **extra)
-                cmd = command(f"c{c}-{i}", "u", "svc", "/v1/chat/completions", headers=JSON, body=body)
-                try:
-                    rc, out, err, _pid = call(home, cmd)
-                    if not out.startswith(b"HTTP/1.1 200") or rc != 0:
-                        failures.append(f"{c}-{i}: {rc} {out[:100]!r} {err[:200]!r}")
-                except Exception as e:
-                    failures.append(f"{c}-{i}: {e}")
-
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(32)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert failures == []
-        time.sleep(0.3)  # the last rows are closed after the answer ended
-        done = rows(fwd_svc)
-        assert len(done) == 320
-        assert all(r["outcome"] == "ok" and r["ended_at"] is not None for r in done)
-        assert all(r["input_tokens"] and r["output_tokens"] == 3 and r["bytes_out"] for r in done)
-        assert len({r["handler_pid"] for r in done}) == 320
-    finally:
-        for b in backends:
-            b.stop()
-
-
-@needs_perl
-def test_fallback_when_absent_stale_or_not_private(
-    home: Path, fwd_svc: Path, backend: Backend, tmpdir_env: str
-) -> None:
-    add_job(fwd_svc, "svc", backend.port, backend.secret)
-    cmd = command("fb", "u", "svc", "/echo", body=b"x")
-
-    def one_process(n: int) -> None:
-        rc, out, _err, pid = call(home, cmd)
-        assert rc == 0 and out.startswith(b"HTTP/1.1 200")
-        assert rows(fwd_svc)[-1]["handler_pid"] == pid
-        assert len(rows(fwd_svc)) == n
-
-    one_process(1)  # no directory at all: bash execs the one-process path itself
-    folder = base_dir()
-    os.mkdir(folder, 0o700)
-    one_process(2)  # directory, no socket
-    path = socket_path(str(home))
-    stale = socket.socket(socket.AF_UNIX)
-    stale.bind(path)
-    stale.close()  # a dead forwarder's socket: connection refused
-    one_process(3)
-    f = Forwarder(home).wait_ready()  # replaces the stale socket
-    try:
-        rc, _out, _err, pid = call(home, cmd)
-        assert rc == 0 and rows(fwd_svc)[-1]["handler_pid"] != pid
-        os.chmod(folder, 0o755)  # not private any more: the client does not trust it
-        one_process(5)
-        os.chmod(folder, 0o700)
-        assert call(home, cmd)[0] == 0 and rows(fwd_svc)[-1]["handler_pid"] != pid
-    finally:
-        f.stop()
-    assert not os.path.exists(path)
-
-
-@needs_perl
-def test_one_instance_and_a_private_directory(home: Path, fwd_svc: Path, tmpdir_env: str) -> None:
-    first = Forwarder(home).wait_ready()
-    try:
-        second = Forwarder(home)
-        assert second.proc.wait(20) == 2
-        assert "another forwarder" in second.log.read_text()
-        assert answers(first.path) and first.proc.poll() is None
-    finally:
-        first.stop()
-    folder = base_dir()
-    assert os.stat(folder).st_mode & 0o777 == 0o700
-    os.chmod(folder, 0o750)
-    f = Forwarder(home)
-    assert f.proc.wait(20) == 1 and "accessible to others" in f.log.read_text()
-    assert not os.path.exists(f.path)
-    os.chmod(folder, 0o700)
-    if os.getuid() == 0:
-        os.chown(folder, 1, 1)
-        f = Forwarder(home)
-        assert f.proc.wait(20) == 1 and "owned by uid 1" in f.log.read_text()
-        os.chown(folder, 0, 0)
-    shutil.rmtree(folder)
-    os.symlink(tempfile.mkdtemp(dir=tmpdir_env), folder)  # a symlink is not our directory either
-    f = Forwarder(home)
-    assert f.proc.wait(20) == 1 and "not a directory" in f.log.read_text()
-
-
-@needs_perl
-def test_exits_when_idle_or_saia_conf_changes_or_off(home: Path, fwd_svc: Path, tmpdir_env: str) -> None:
-    f = Forwarder(home, "--idle", "1").wait_ready()
-    assert f.proc.wait(10) == 0 and not os.path.exists(f.path)
-    f = Forwarder(home).wait_ready()
-    conf = home / "saia.conf"
-    conf.write_text(conf.read_text().replace("SAIA_FORWARDER=on", "SAIA_FORWARDER=off"))
-    os.utime(conf, (time.time() + 5, time.time() + 5))
-    assert f.proc.wait(10) == 0 and not os.path.exists(f.path)
-    assert "saia.conf changed" in f.log.read_text()
-    assert not os.path.exists(base_dir())  # off: its empty directory is gone too (no perl start)
-    f = Forwarder(home)  # off: it does not start
-    assert f.proc.wait(20) == 1 and "not on" in f.log.read_text()
-
-
-@needs_perl
-def test_keep_alive_starts_it_only_when_on(
-    home: Path, fwd_svc: Path, backend: Backend, tmpdir_env: str
-) -> None:
-    _no_tick_due(fwd_svc)
-    conf = home / "saia.conf"
-    conf.write_text(conf.read_text().replace("SAIA_FORWARDER=on", "SAIA_FORWARDER=off"))
-    assert call(home, b"keep-alive")[1] == b"OK\n"
-    time.sleep(1.0)
-    path = socket_path(str(home))
-    assert not os.path.exists(base_dir()) and not answers(path)
-    conf.write_text(conf.read_text().replace("SAIA_FORWARDER=off", "SAIA_FORWARDER=on"))
-    try:
-        assert call(home, b"keep-alive")[1] == b"OK\n"
-        for _ in range(200):
-            if answers(path):
-                break
-            time.sleep(0.025)
-        assert answers(path)
-        assert call(home, b"keep-alive")[1] == b"OK\n"  # through the forwarder; starts no second one
-        add_job(fwd_svc, "svc", backend.port, backend.secret)
-        rc, _out, _err, pid = call(home, command("ka", "u", "svc", "/echo", body=b""))
-        assert rc == 0 and rows(fwd_svc)[0]["handler_pid"] != pid
-        time.sleep(0.5)
-        log = (home / "logs" / "forwarder.log").read_text()
-        assert log.count("serving") == 1 and "not started" not in log, log
-    finally:  # the forwarder keep-alive started, by the pid it logged
-        log_path = home / "logs" / "forwarder.log"
-        text = log_path.read_text() if log_path.exists() else ""
-        for pid_text in re.findall(r"pid=(\d+) serving", text):
-            try:
-                os.kill(int(pid_text), signal.SIGTERM)
-            except OSError:
-                pass
-    for _ in range(100):
-        if not os.path.exists(path):
-            break
-        time.sleep(0.05)
-    assert not os.path.exists(path)
-    json.loads(call(home, b"status")[1])  # the one-process path again
+    """``SAIA_FORWARDER`` is retired, not unknown: a site that kept it in saia.conf
+    (where an unknown setting is an error) keeps being served, on the one-process path."""
+    via.conf(SAIA_FORWARDER="on")
+    add_job(svc, "svc", backend.port, backend.secret)
+    out = via.run(command("kept", "u", "svc", "/v1/chat/completions", headers=JSON, body=chat_body()))
+    assert out.returncode == 0 and out.stdout.startswith(b"HTTP/1.1 200"), out.stderr
+    assert [r["outcome"] for r in rows(svc)] == ["ok"]
+    assert via.run(b"keep-alive").stdout == b"OK\n"

@@ -23,11 +23,11 @@ MODULES = sorted(f"saia_ctl.request_path.{p.stem}" for p in PACKAGE.glob("*.py")
 
 
 def test_the_package_holds_the_whole_request_path() -> None:
-    """What cloud_interface.sh and the forwarder need is where they look for it."""
-    assert (PACKAGE / "entry.py").is_file() and (PACKAGE / "client.pl").is_file()
-    assert "saia_ctl.request_path.forwarder" in MODULES and "saia_ctl.request_path.handler" in MODULES
+    """What cloud_interface.sh needs is where it looks for it."""
+    assert (PACKAGE / "entry.py").is_file()
+    assert "saia_ctl.request_path.tunnel" in MODULES and "saia_ctl.request_path.handler" in MODULES
     script = (REPO / "cloud_interface.sh").read_text()
-    assert "saia_ctl/request_path/entry.py" in script and "${entry%/*}/client.pl" in script
+    assert "saia_ctl/request_path/entry.py" in script
 
 
 def test_every_module_loads_only_the_standard_library() -> None:
@@ -85,7 +85,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_no_import_cycle_among_the_modules() -> None:
     graph = {f"saia_ctl.request_path.{p.stem}": _imports(p) for p in PACKAGE.glob("*.py")}
-    assert graph["saia_ctl.request_path.forwarder"] >= {"saia_ctl.request_path.handler"}  # the walk sees it
+    assert graph["saia_ctl.request_path.tunnel"] >= {"saia_ctl.request_path.store"}  # the walk sees it
     state: dict[str, int] = {}  # 1 on the current path, 2 done
 
     def visit(module: str, path: list[str]) -> None:

@@ -18,29 +18,18 @@ def load(tmp_path: Path, **env: str) -> Settings:
     return Settings(home=str(tmp_path), environ=env)
 
 
-@pytest.mark.parametrize(
-    ("text", "on"),
-    [
-        *[("on", True), ("YES", True), ("True", True), ("1", True), (" on ", True)],
-        *[("off", False), ("No", False), ("FALSE", False), ("0", False)],
-    ],
-)
-def test_flags_take_the_usual_spellings(tmp_path: Path, text: str, on: bool) -> None:
-    s = load(tmp_path, SAIA_FORWARDER=text)
-    assert s.forwarder is on
-    assert s.raw("SAIA_FORWARDER") == ("on" if on else "off")  # what the request path reads
-
-
-@pytest.mark.parametrize("text", ["enabled", "y", "2", "onn"])
-def test_an_unknown_flag_is_an_error_not_off(tmp_path: Path, text: str) -> None:
-    with pytest.raises(SettingsError) as e:
-        load(tmp_path, SAIA_FORWARDER=text)
-    assert str(e.value) == f"SAIA_FORWARDER must be on or off (yes/no, true/false, 1/0), not {text!r}"
-
-
-def test_a_bad_flag_in_saia_conf_is_an_error_too(tmp_path: Path) -> None:
-    (tmp_path / "saia.conf").write_text("SAIA_FORWARDER=sure\n")
-    with pytest.raises(SettingsError, match=r"SAIA_FORWARDER .* not 'sure'"):
+def test_a_retired_setting_is_ignored_and_named_not_an_error(tmp_path: Path) -> None:
+    """SAIA_FORWARDER was removed: a saia.conf that still sets it (whatever the value)
+    loads, unlike one with an unknown name, and the settings say it is there."""
+    assert load(tmp_path).retired == []
+    assert load(tmp_path, SAIA_FORWARDER="on").retired == ["SAIA_FORWARDER"]
+    (tmp_path / "saia.conf").write_text("SAIA_FORWARDER=maybe\nSAIA_TICK_INTERVAL=7\n")
+    s = load(tmp_path)
+    assert s.retired == ["SAIA_FORWARDER"] and s.tick_interval == 7.0
+    assert not hasattr(s, "forwarder") and "SAIA_FORWARDER" not in {x.name for x in SETTINGS}
+    assert "SAIA_FORWARDER" not in markdown()
+    (tmp_path / "saia.conf").write_text("SAIA_FORWARDR=on\n")
+    with pytest.raises(SettingsError, match=r"not a known SAIA_ setting: 'SAIA_FORWARDR'"):
         load(tmp_path)
 
 
@@ -73,7 +62,7 @@ def test_every_bad_value_fails_when_loaded_naming_setting_and_value(
 def test_values_are_typed(tmp_path: Path) -> None:
     s = load(tmp_path, SAIA_JOURNAL_MODE="WAL", SAIA_BUSY_TIMEOUT="7", SAIA_PORT_RANGE="40001-40003")
     assert (s.journal_mode, s.busy_timeout, s.port_range) == ("wal", 7.0, (40001, 40003))
-    assert s.db_path == str(tmp_path / "saia.db") and s.forwarder is False
+    assert s.db_path == str(tmp_path / "saia.db")
     assert s.python == sys.executable and s.slurm_bin == ""
 
 

@@ -76,7 +76,6 @@ def test_the_wheel_holds_everything_a_site_needs(wheel: Path) -> None:
         "saia_ctl/migrations/env.py",
         "saia_ctl/migrations/script.py.mako",
         "saia_ctl/request_path/entry.py",
-        "saia_ctl/request_path/client.pl",
         "saia_ctl-0.1.0.data/scripts/cloud_interface.sh",
     } <= names
     # Nothing of the checkout's top level lands beside the package.

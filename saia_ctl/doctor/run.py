@@ -83,9 +83,22 @@ def run_checks(opts: Options | None = None) -> Iterator[CheckResult]:
             yield skipped(name, reason, "fix the settings first")
     else:
         yield passed("settings", f"SAIA_HOME={settings.home}")
+        if settings.retired:
+            yield _retired(settings.retired)
         db_problem = yield from _database_checks(settings, db_path, opts)
         yield from _slurm_checks(settings, db_path, db_problem)
     yield from _account_checks(opts, environ, settings.home if settings is not None else None)
+
+
+def _retired(names: list[str]) -> CheckResult:
+    """Settings no longer read: harmless (ignored), but the operator should know why."""
+    from ..settings import RETIRED
+
+    return failed(
+        "retired settings",
+        "; ".join(f"{name} is no longer read: {RETIRED[name]}" for name in names),
+        f"delete {', '.join(names)} from $SAIA_HOME/saia.conf and the environment",
+    )
 
 
 def _database_checks(

@@ -317,8 +317,6 @@ class Proxy:
                     if isinstance(sess, TunnelStream) and sess.outcome in (None, "aborted"):
                         outcome = "cut"  # the tunnel session died under it: no clean end
                         log.error("%s: %s; answer cut", where, sess.error or "the tunnel stream was aborted")
-                        if request.transport is not None:
-                            request.transport.close()
                     break
             if stripper is not None:
                 tail = stripper.flush()
@@ -356,6 +354,10 @@ class Proxy:
                 if isinstance(sess, TunnelStream)
                 else (sess.slot.index if sess.slot is not None else "direct"),
             )
+            if outcome == "cut" and request.transport is not None:
+                # The client must see a broken answer, not a complete one (aiohttp would end
+                # the chunked body cleanly); closed only now, since closing cancels this handler.
+                request.transport.close()
 
     async def _feed(
         self, sess: Session | TunnelStream, request: web.Request, body: bytes | None, sent: list[int]

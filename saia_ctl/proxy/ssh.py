@@ -50,6 +50,17 @@ class Slot:
     failures: int = 0
 
 
+def exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, without reaping it: asyncio's child watcher
+    must be the one to reap it. (``Popen.send_signal`` reaps an exited child itself, and
+    then asyncio logs "Unknown child process" and reports 255: seen in the tunnel soak
+    whenever a session ended on the login node's side.)"""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already
+        return True
+
+
 @dataclass
 class Session:
     """One running ``ssh`` process and the slot it uses (None: a connection of its own)."""
@@ -84,7 +95,7 @@ class Session:
 
     def kill(self) -> None:
         """Stop the ssh client (a client that went away, a timeout): the cluster side sees EOF/EPIPE."""
-        if self.proc.returncode is None:
+        if self.proc.returncode is None and not exited(self.proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGKILL)
 

@@ -8,7 +8,5 @@ Standard library only, and cheap to import (one interpreter per request).
 - ``store.py``: the SQL (on ``saia_ctl.rawdb`` connections);
 - ``forward.py``: the backend connection, and the answer streamed to the
   client;
-- ``spawn.py``: detached ticks and forwarder; ``log.py``: ``logs/route.log``;
-- ``forwarder.py`` + ``client.pl`` (optional, ``SAIA_FORWARDER=on``) and
-  ``forwarder_socket.py``: where it listens and how keep-alive starts it.
+- ``spawn.py``: detached ticks; ``log.py``: ``logs/route.log``;
 """

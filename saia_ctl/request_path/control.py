@@ -1,5 +1,5 @@
 """The control words of the wire protocol (section 1): ``keep-alive`` (answer
-at once, then start a throttled tick, and the forwarder when it is on) and
+at once, then start a throttled tick) and
 ``status`` (the enabled services with their live state, as JSON)."""
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ def keep_alive(settings: Settings, stdout: int, log: Log) -> int:
     except ClientGone:
         pass
     release_stdout(stdout)
-    if settings.forwarder:
-        try:
-            from .forwarder_socket import ensure
-
-            ensure(settings, log)
-        except Exception as e:  # the forwarder is never required; a bug in it is logged in full
-            log.bug(f"keep-alive: forwarder: {type(e).__name__}: {e}", e)
     try:
         conn = rawdb.connect(
             settings.db_path, journal_mode=settings.journal_mode, busy_timeout=settings.busy_timeout

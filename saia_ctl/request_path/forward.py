@@ -23,7 +23,7 @@ _POLL_GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 # --- the client's side: the answer goes out on ``stdout`` (the SSH channel, or
-# the forwarder client's socket), unbuffered, and ends by pointing ``stdout``
+# a tunnel stream's socket), unbuffered, and ends by pointing ``stdout``
 # at /dev/null.
 
 

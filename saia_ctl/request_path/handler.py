@@ -1,6 +1,6 @@
 """The request path's handler: what ``cloud_interface.sh`` runs for every SSH
 session of the cloud proxy (``docs/wire-protocol.md``), through ``entry.py``
-(or in a forked child of the optional forwarder).
+(or in a thread of a ``tunnel`` session, ``tunnel.py``).
 
 One process per request, so start-up cost is every user's latency and the
 login node's CPU: standard library only (never SQLAlchemy or Typer), and only

@@ -1,5 +1,5 @@
 """Starting a Python process fully detached from the SSH session: the ticks a
-request or keep-alive asks for, and the forwarder."""
+request or keep-alive asks for."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def spawn_detached(settings: Settings, args: list[str], log_name: str, log: Log, what: str) -> None:
-    """Start ``python -m ARGS...`` fully detached (the scheduler, the forwarder).
+    """Start ``python -m ARGS...`` fully detached (the scheduler).
 
     New session; stdin /dev/null, stdout/stderr ``logs/LOG_NAME``: nothing of
     the SSH channel is held, so the session ends when this process exits.
