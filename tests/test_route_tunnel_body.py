@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from saia_ctl.request_path import tunnel
 from saia_ctl.request_path import tunnel_frames as tf
+from saia_ctl.request_path.forward import ClientGone, send_watching
 from saia_ctl.settings import Settings
 from tests.support.backend import FakeBackend
 from tests.support.fixtures import service_config
@@ -188,3 +190,36 @@ def test_a_body_kept_over_the_limit_ends_its_stream_only(
     (row,) = _ended_cleanly(s, db)
     assert row["outcome"] == "aborted"
     assert 1 not in s.done  # X ended it: no F follows
+
+
+def test_a_send_to_a_backend_that_does_not_read_ends_when_the_client_goes() -> None:
+    backend, backend_peer = socket.socketpair()  # the peer never reads
+    client, client_peer = socket.socketpair()
+    backend.settimeout(30)
+    done: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            send_watching(backend, b"x" * (8 << 20), client.fileno(), 30)
+        except BaseException as e:
+            done.append(e)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive()  # waiting for the backend to take more
+    client_peer.close()  # the client goes away
+    t.join(PROMPT)
+    assert not t.is_alive() and [type(e) for e in done] == [ClientGone]
+    for s in (backend, backend_peer, client):
+        s.close()
+
+
+def test_a_send_to_a_backend_that_does_not_read_times_out() -> None:
+    backend, backend_peer = socket.socketpair()
+    client, client_peer = socket.socketpair()
+    backend.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        send_watching(backend, b"x" * (8 << 20), client.fileno(), 0.2)
+    for s in (backend, backend_peer, client, client_peer):
+        s.close()
