@@ -207,6 +207,35 @@ def _wait(poller: select.poll, sock_fd: int, out_fd: int, timeout: float) -> boo
     return True
 
 
+def send_watching(sock: _socket.socket, data: bytes, out_fd: int, timeout: float) -> None:
+    """``sock.sendall(data)`` that also watches the client: ClientGone as soon as
+    ``out_fd`` is closed (a cancelled tunnel stream, a broken SSH channel), even while
+    a backend that stopped reading keeps the send waiting; TimeoutError after
+    ``timeout`` seconds without progress, as ``sendall`` under the socket's timeout."""
+    view = memoryview(data)
+    fd = sock.fileno()  # non-blocking at the descriptor: the socket has a timeout
+    poller: select.poll | None = None
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+            continue
+        except BlockingIOError:
+            pass
+        if poller is None:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            try:
+                poller.register(out_fd, 0)  # reports only POLLERR/POLLHUP
+            except (OSError, ValueError):
+                pass
+        events = poller.poll(timeout * 1000)
+        if not events:
+            raise TimeoutError("the backend took no more of the request in time")
+        for efd, ev in events:
+            if efd == out_fd and ev & _POLL_GONE:
+                raise ClientGone()
+
+
 def make_poller(sock_fd: int, out_fd: int) -> select.poll:
     poller = select.poll()
     poller.register(sock_fd, select.POLLIN)

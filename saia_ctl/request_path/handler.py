@@ -55,6 +55,7 @@ from .forward import (
     release_stdout,
     request_head,
     say_stderr,
+    send_watching,
     stream_body,
     write_all,
 )
@@ -198,12 +199,19 @@ class Link:
     that fails before any answer (the backend closed it meanwhile) is replaced, once,
     by a new one, and what was sent is sent again (at most ``REPLAY_MAX`` bytes)."""
 
-    __slots__ = ("node", "parts", "port", "size", "sock", "timeouts")
+    __slots__ = ("node", "out_fd", "parts", "port", "size", "sock", "timeouts")
 
     def __init__(
-        self, sock: _socket.socket, reused: bool, node: str, port: int, timeouts: tuple[float, float]
+        self,
+        sock: _socket.socket,
+        reused: bool,
+        node: str,
+        port: int,
+        timeouts: tuple[float, float],
+        out_fd: int,
     ) -> None:
         self.sock = sock
+        self.out_fd = out_fd  # the client's side: a send to a stuck backend ends when it goes away
         self.node, self.port = node, port
         self.timeouts = timeouts  # (connect, backend)
         self.parts: list[bytes] | None = [] if reused else None  # what was sent, while it may be replaced
@@ -216,7 +224,7 @@ class Link:
             if self.size > REPLAY_MAX:
                 self.parts = None
         try:
-            self.sock.sendall(data)
+            send_watching(self.sock, data, self.out_fd, self.timeouts[1])
         except OSError:
             if not self.replace():
                 raise
@@ -334,7 +342,7 @@ def _forward(
     node, port, secret = job["node"], job["port"], job["secret"]
     timeout = settings.backend_timeout
     sock.settimeout(timeout)  # sending a big body to a busy backend may take a while
-    link = Link(sock, reused, node, port, (settings.connect_timeout, timeout))
+    link = Link(sock, reused, node, port, (settings.connect_timeout, timeout), stdout)
     try:
 
         def head_for(framing: tuple[str, str] | None) -> bytes:

@@ -36,6 +36,7 @@ from .log import Log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Callable
     from typing import Any
 
@@ -46,12 +47,21 @@ if TYPE_CHECKING:
     Handle = Callable[[wire.ParsedRequest, Settings, int, int, Log, records.Records, Backends], int]
 
 _signal = __import__("_signal")
+if not TYPE_CHECKING:
+    from _collections import deque  # `collections` itself imports a dozen modules
 
 MAX_STREAMS = 4096  # streams open at once in one session
 _RECV = 65536
 HOLD_CACHE = 1.0  # seconds a service's hold time (and whether it is enabled) is reused
 SHUTDOWN_WAIT = 30.0  # seconds the handlers get to close their rows when the session ends
 IDLE_WORKER = 30.0  # seconds a handler thread waits for the next stream before it ends
+# Request body the reader holds for handlers that have not read it yet (their backend is
+# slow or stuck): the reader never waits for a handler, so one stream's backend cannot
+# stall the others. Per stream: the proxy's largest JSON body (its --max-body default), so
+# a body read whole by the proxy always fits; per session: a bound on the process's memory.
+# A stream that would go over either ends with X (its request recorded aborted).
+BODY_BUFFER = 64 * 1024 * 1024
+SESSION_BODY_BUFFER = 256 * 1024 * 1024
 
 
 class Batcher(records.Records):
@@ -284,6 +294,8 @@ class Stream:
     """One request of the session: the handler's thread and its two descriptors."""
 
     __slots__ = (
+        "body_end",
+        "body_polled",
         "body_w",
         "cancelled",
         "credit",
@@ -293,6 +305,9 @@ class Stream:
         "out_done",
         "out_r",
         "paused",
+        "pending",
+        "pending_bytes",
+        "refused",
     )
 
     def __init__(self, stream_id: int, credit: int | None) -> None:
@@ -301,7 +316,13 @@ class Stream:
         # reading the handler's stdout: its writes block, and it stops reading the backend.
         self.credit = credit
         self.paused = False  # the pump does not read out_r until the proxy grants more
-        self.body_w: int | None = None  # write end of the handler's stdin
+        self.body_w: int | None = None  # write end of the handler's stdin (non-blocking)
+        # Body the pipe did not take yet, written by the pump as the handler reads (under lock).
+        self.pending: deque[memoryview] = deque()
+        self.pending_bytes = 0
+        self.body_polled = False  # body_w is in the pump's poller, waiting to take more
+        self.body_end = False  # END came: body_w is closed once pending is written
+        self.refused = False  # ended with X: no F follows
         self.out_r: _socket.socket | None = None  # the tunnel's end of the handler's stdout
         self.handler_rc: int | None = None
         self.out_done = False
@@ -342,7 +363,10 @@ class Tunnel:
         self.batcher = Batcher(settings, log) if settings is not None and serve is None else None
         self._serve = serve if serve is not None else self._handle
         self._poller = select.epoll()
-        self._by_fd: dict[int, Stream] = {}
+        self._by_fd: dict[int, Stream] = {}  # out_r's descriptor -> its stream
+        self._body_by_fd: dict[int, Stream] = {}  # body_w's, while the pump writes its pending body
+        self._buffer_lock = threading.Lock()
+        self.buffered = 0  # bytes of request bodies held for handlers (all streams)
         self._wake_r, self._wake_w = os.pipe()
         self._poller.register(self._wake_r, select.EPOLLIN)
         self._pump = threading.Thread(target=self._pump_main, name="pump", daemon=True)
@@ -429,13 +453,13 @@ class Tunnel:
                 self.send(tf.ERROR, sid, b"no such stream")
             return
         if kind == tf.BODY:
-            if st.body_w is None:
+            if st.body_end:
                 self.send(tf.ERROR, sid, b"body after the end of the body")
                 self._cancel(st)
                 return
-            self._feed(st, payload)
+            self._feed(st, payload)  # (dropped when the handler no longer reads it)
         elif kind == tf.END:
-            self._close_body(st)
+            self._end_body(st)
         elif kind == tf.CANCEL:
             self._cancel(st)
         elif kind == tf.WINDOW:
@@ -486,7 +510,9 @@ class Tunnel:
             return
         st = Stream(sid, self.window)
         body_r, st.body_w = os.pipe()
+        os.set_blocking(st.body_w, False)  # the reader never waits for a handler (see _feed)
         out_r, out_w = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        out_r.setblocking(False)  # an event for a descriptor number since reused must not block the pump
         st.out_r = out_r
         out_fd = out_w.detach()
         with self._streams_lock:
@@ -496,16 +522,105 @@ class Tunnel:
         self.workers.run(self._stream_main, st, parsed, body_r, out_fd)
 
     def _feed(self, st: Stream, data: bytes) -> None:
-        assert st.body_w is not None
-        try:
-            write_all(st.body_w, data)
-        except ClientGone:  # the handler stopped reading (answered early): drop the rest
-            self._close_body(st)
+        """(The reader.) A piece of the body into the handler's stdin without waiting: what
+        the pipe does not take now is kept, and the pump writes it as the handler reads. A
+        stream whose kept body would go over ``BODY_BUFFER`` (or the session's over
+        ``SESSION_BODY_BUFFER``) ends with X: its backend is not taking its request."""
+        with st.lock:
+            fd = st.body_w
+            if fd is None:
+                return  # the handler ended or stopped reading (answered early): drop it
+            if not st.pending:
+                try:
+                    n = os.write(fd, data) if data else 0
+                except BlockingIOError:
+                    n = 0
+                except OSError:  # the handler closed its stdin: drop the rest
+                    n = len(data)
+                if n == len(data):
+                    return
+                data = data[n:]
+            size = len(data)
+            fits = st.pending_bytes + size <= BODY_BUFFER
+            if fits:
+                with self._buffer_lock:
+                    fits = self.buffered + size <= SESSION_BODY_BUFFER
+                    if fits:
+                        self.buffered += size
+            if fits:
+                st.pending.append(memoryview(data))
+                st.pending_bytes += size
+                if not st.body_polled:
+                    st.body_polled = True
+                    with self._streams_lock:
+                        self._body_by_fd[fd] = st
+                    self._poller.register(fd, select.EPOLLOUT)
+                return
+            st.refused = True
+        self.send(tf.ERROR, st.id, b"request body not taken by the backend: too much of it waiting")
+        self._cancel(st)
+
+    def _drain(self, st: Stream, fd: int) -> None:
+        """(The pump.) The handler's stdin takes more: write what is kept for it."""
+        with st.lock:
+            if st.body_w != fd:
+                return  # closed meanwhile (its number may be another stream's now)
+            written = 0
+            broken = False
+            pending = st.pending
+            try:
+                while pending:
+                    piece = pending[0]
+                    n = os.write(fd, piece)
+                    written += n
+                    if n < len(piece):
+                        pending[0] = piece[n:]
+                        break
+                    pending.popleft()
+            except BlockingIOError:
+                pass
+            except OSError:
+                broken = True  # the handler closed its stdin
+            st.pending_bytes -= written
+            self._release(written)
+            if pending and not broken:
+                return
+            self._unpoll_body(st, fd)
+            if not broken and not st.body_end:
+                return
+        self._close_body(st)
+
+    def _release(self, n: int) -> None:
+        if n:
+            with self._buffer_lock:
+                self.buffered -= n
+
+    def _unpoll_body(self, st: Stream, fd: int) -> None:
+        """(Under ``st.lock``.) The pump stops writing ``fd``."""
+        if st.body_polled:
+            st.body_polled = False
+            with self._streams_lock:
+                self._body_by_fd.pop(fd, None)
+            self._poller.unregister(fd)
+
+    def _end_body(self, st: Stream) -> None:
+        """END: the handler's stdin reaches end of file once what is kept is written."""
+        with st.lock:
+            st.body_end = True
+            if st.pending:
+                return  # the pump closes it when it has written the rest
+        self._close_body(st)
 
     def _close_body(self, st: Stream) -> None:
+        """Close the handler's stdin now; what is kept for it is dropped."""
         with st.lock:
             fd, st.body_w = st.body_w, None
-        if fd is not None:
+            if fd is None:
+                return
+            self._unpoll_body(st, fd)
+            dropped, st.pending_bytes = st.pending_bytes, 0
+            st.pending.clear()
+            self._release(dropped)
             os.close(fd)
 
     def _cancel(self, st: Stream) -> None:
@@ -556,6 +671,10 @@ class Tunnel:
                     return
                 with self._streams_lock:
                     st = self._by_fd.get(fd)
+                    body_st = self._body_by_fd.get(fd) if st is None else None
+                if body_st is not None:
+                    self._drain(body_st, fd)
+                    continue
                 if st is None or st.out_r is None:
                     continue
                 credit = st.credit
@@ -563,6 +682,8 @@ class Tunnel:
                     data = st.out_r.recv(
                         _RECV if credit is None or st.cancelled else max(1, min(credit, _RECV))
                     )
+                except BlockingIOError:
+                    continue
                 except OSError:
                     data = b""
                 if data:
@@ -595,6 +716,8 @@ class Tunnel:
                 return
             with self._streams_lock:
                 del self.streams[st.id]
+        if st.refused:
+            return  # its X went out already
         outcome = b"aborted" if st.cancelled else (b"ok" if st.handler_rc == 0 else b"error")
         self.send(tf.DONE, st.id, outcome)
 
