@@ -14,7 +14,8 @@ own ``inference-id``, so every row leads back to the client that sent it.
 
 Every ``--kill-every`` seconds one tunnel session is killed with SIGKILL,
 alternately on the proxy's side (its ``ssh`` client process) and on the login
-node's side (the ``tunnel`` process under sshd). At the end:
+node's side (the ``tunnel`` process under sshd), always the oldest session, which
+carries the requests in flight (the proxy fills the oldest first). At the end:
 
 - no row lost: every request a backend answered (HTTP 200) has its row, and
   every row is a request a client sent;
@@ -139,6 +140,12 @@ def proxy_tunnels(proxy_pid: int) -> list[int]:
             if argv[-2:-1] == [b"tunnel"] or argv[-1:] == [b"tunnel"]:
                 out.append(pid)
     return out
+
+
+def started(pid: int) -> int:
+    """When the process started (clock ticks since boot; 0 if it is gone)."""
+    stat = _read(f"/proc/{pid}/stat")
+    return int(stat.rsplit(b")", 1)[1].split()[19]) if stat else 0
 
 
 def ssh_processes(control_dir: str) -> list[int]:
@@ -390,7 +397,9 @@ class Soak:
             side = next(sides)
             for _ in range(50):  # a session may be reopening this instant
                 pids = proxy_tunnels(proxy_pid) if side == "proxy" else login_tunnels(self.home)
-                victim = random.choice(pids) if pids else 0
+                # The oldest session: the proxy fills the oldest one first, so it carries the
+                # requests in flight (a newer one only the overflow, often nothing).
+                victim = min(pids, key=started) if pids else 0
                 if victim and kill(victim):
                     self.kills.append((time.monotonic(), side, victim))
                     break

@@ -82,6 +82,32 @@ def _submit(home: Path, settings: Any, port: int) -> LiveJob:
     return LiveJob(db, job_id, slurm_id, "", port, secret)
 
 
+def _job_state(job: LiveJob) -> str:
+    """What Slurm says of the job and the tail of its output (why it never answered)."""
+    conf = job.db.parent / "saia.conf"
+    slurm_conf = [
+        ln.partition("=")[2] for ln in conf.read_text().splitlines() if ln.startswith("SAIA_SLURM_CONF=")
+    ]
+    env = {**os.environ, **({"SLURM_CONF": slurm_conf[0]} if slurm_conf else {})}
+    try:
+        show = subprocess.run(
+            ["scontrol", "show", "job", "-o", str(job.slurm_id)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        state = (show.stdout or show.stderr).strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        state = f"(scontrol: {e})"
+    out = job.db.parent / "jobs" / f"{job.slurm_id}.out"
+    try:
+        tail = "\n".join(out.read_text(errors="replace").splitlines()[-20:])
+    except OSError as e:
+        tail = f"({e})"
+    return f"scontrol: {state}\n--- {out.name} ---\n{tail}"
+
+
 def _wait_ready(job: LiveJob, node: str, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -92,7 +118,7 @@ def _wait_ready(job: LiveJob, node: str, timeout: float = 90) -> None:
         except OSError:
             time.sleep(0.2)
     else:
-        raise AssertionError(f"job {job.slurm_id} did not answer GET / in {timeout} s")
+        raise AssertionError(f"job {job.slurm_id} did not answer GET / in {timeout} s\n{_job_state(job)}")
     job.node = node
     conn = sqlite3.connect(job.db, isolation_level=None)
     try:
