@@ -3,7 +3,8 @@
 The general ones (a migrated home, settings, a clock, configs) come from
 ``tests.support.fixtures``; the real cluster's from ``tests.support.cluster``
 (tests that use it carry ``@pytest.mark.cluster``); the proxy's stand-ins from
-``tests.support.proxy_fakes``; the accounting tests' ``rows`` from ``tests.support.accounting``.
+``tests.support.proxy_fakes``; the accounting tests' ``rows`` from ``tests.support.accounting``;
+the tunnel tests' ``svc`` and ``backend`` from ``tests.support.tunnel``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from tests.support.fixtures import (
     write_config,
 )
 from tests.support.proxy_fakes import fakes
+from tests.support.tunnel import backend, svc
 
 __all__ = [
+    "backend",
     "clock",
     "cluster",
     "engine",
@@ -35,6 +38,7 @@ __all__ = [
     "import_services",
     "rows",
     "settings",
+    "svc",
     "template_db",
     "write_config",
 ]

@@ -12,9 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,12 +20,11 @@ from hypothesis import strategies as st
 
 from saia_ctl.request_path import tunnel_frames as tf
 from saia_ctl.request_path import wire
-from saia_ctl.request_path.handler import handle_request
 from saia_ctl.request_path.log import Log
 from saia_ctl.request_path.tunnel import Tunnel
 from saia_ctl.settings import Settings
 from tests.support.backend import FakeBackend
-from tests.support.fixtures import service_config
+from tests.support.tunnel import Session, open_fds
 from tests.support.wire import add_ready_job, command, environment, interface_argv, parse_http, rows
 
 JSON = {"content-type": "application/json"}
@@ -63,81 +60,6 @@ def test_frames_refuse_unknown_kind_and_oversized_length() -> None:
 
 
 # --- a session in-process ------------------------------------------------------------
-
-
-class Session:
-    """A Tunnel on pipes in a thread; the test is the proxy."""
-
-    def __init__(self, settings: Settings | None, home: Path | None, serve: object = None) -> None:
-        in_r, self.in_w = os.pipe()
-        self.out_r, out_w = os.pipe()
-        log = Log(str(home) if home else None)
-        self.tunnel = Tunnel(settings, log, in_r, out_w, serve, handle=handle_request)
-        self.rc: int | None = None
-        self._fds = (in_r, out_w)
-        self.thread = threading.Thread(target=self._main, daemon=True)
-        self.thread.start()
-        self.dec = tf.Decoder(tf.TO_PROXY)
-        self.answers: dict[int, bytearray] = {}
-        self.done: dict[int, bytes] = {}
-        self.errors: dict[int, bytes] = {}
-        self.hello = self.next_frame()
-
-    def _main(self) -> None:
-        try:
-            self.rc = self.tunnel.run()
-        finally:
-            for fd in self._fds:
-                os.close(fd)
-
-    def send(self, kind: int, sid: int, payload: bytes = b"") -> None:
-        os.write(self.in_w, tf.encode(kind, sid, payload))
-
-    def close(self) -> None:
-        os.close(self.in_w)
-
-    def next_frame(self) -> tuple[int, int, bytes]:
-        buf: list[tuple[int, int, bytes]] = []
-        while not buf:
-            data = os.read(self.out_r, 65536)
-            assert data, "the session ended"
-            buf = self.dec.feed(data)
-        self._pushback = buf[1:]
-        return buf[0]
-
-    def collect(self, until: set[int], timeout: float = 120) -> None:
-        """Read frames until every stream in ``until`` has its DONE or ERROR."""
-        deadline = time.monotonic() + timeout
-        pending: list[tuple[int, int, bytes]] = list(getattr(self, "_pushback", []))
-        self._pushback = []
-        while until - self.done.keys() - self.errors.keys():
-            assert time.monotonic() < deadline, "streams did not end in time"
-            if not pending:
-                data = os.read(self.out_r, 1 << 20)
-                assert data, "the session ended"
-                pending = self.dec.feed(data)
-                continue
-            kind, sid, payload = pending.pop(0)
-            if kind == tf.DATA:
-                self.answers.setdefault(sid, bytearray()).extend(payload)
-            elif kind == tf.DONE:
-                self.done[sid] = payload
-            elif kind == tf.ERROR:
-                self.errors[sid] = payload
-
-
-@pytest.fixture
-def svc(home: Path, import_services: Any) -> Path:
-    import_services(
-        service_config("svc", minimum_number_instances=0, maximum_number_instances=0, request_hold_time=0)
-    )
-    return home / "saia.db"
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    with FakeBackend() as b:
-        yield b
 
 
 def test_hello_then_a_request_answered_as_curl_prints_it(
@@ -332,26 +254,11 @@ bad_frames = st.one_of(
 sequences = st.lists(st.one_of(good_frames, good_frames, bad_frames), max_size=12)
 
 
-def _open_fds() -> set[str]:
-    """This process's open pipes, sockets and memory files as "fd -> target" (a tunnel
-    opens a pipe and a socketpair per stream): one that threads left by earlier tests
-    close meanwhile is no leak, one that is new after the run is."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # closed meanwhile (or the listing's own descriptor)
-            continue
-        if target.startswith(("pipe:", "socket:", "/memfd:")):
-            found.add(f"{fd} -> {target}")
-    return found
-
-
 @settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seq=sequences)
 def test_generated_frame_sequences_never_crash_or_leak(seq: list[bytes]) -> None:
     serve = FakeServe()
-    before = _open_fds()
+    before = open_fds()
     stdin = os.memfd_create("in")
     stdout = os.memfd_create("out")
     os.write(stdin, b"".join(seq))
@@ -374,4 +281,4 @@ def test_generated_frame_sequences_never_crash_or_leak(seq: list[bytes]) -> None
         assert isinstance(req, wire.ParsedRequest)
         assert req.inference_id == "fz" and req.service_id == "svc"
     assert len(serve.reached) <= len(done)
-    assert _open_fds() - before == set()  # no descriptor left behind
+    assert open_fds() - before == set()  # no descriptor left behind

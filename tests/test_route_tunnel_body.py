@@ -23,8 +23,8 @@ from saia_ctl.request_path.forward import ClientGone, send_watching
 from saia_ctl.settings import Settings
 from tests.support.backend import FakeBackend
 from tests.support.fixtures import service_config
+from tests.support.tunnel import Session, open_fds
 from tests.support.wire import add_ready_job, command, parse_http, rows
-from tests.test_route_tunnel import Session, _open_fds
 
 JSON = {"content-type": "application/json"}
 # Far more than the handler's stdin pipe (64 KiB) and the loopback socket's buffers
@@ -51,30 +51,6 @@ def backends(db: Path, home: Path) -> Iterator[tuple[FakeBackend, FakeBackend]]:
         add_ready_job(home, "svc", ok.port)
         add_ready_job(home, "stuck", stuck.port)
         yield ok, stuck
-
-
-def _collect_within(s: Session, until: set[int], timeout: float) -> None:
-    """As ``Session.collect``, but failing (not hanging) when nothing comes in ``timeout``."""
-    deadline = time.monotonic() + timeout
-    pending = list(getattr(s, "_pushback", []))
-    s._pushback = []
-    while until - s.done.keys() - s.errors.keys():
-        if not pending:
-            left = deadline - time.monotonic()
-            assert left > 0 and select.select([s.out_r], [], [], left)[0], (
-                f"streams {sorted(until - s.done.keys() - s.errors.keys())} not ended within {timeout} s"
-            )
-            data = os.read(s.out_r, 1 << 20)
-            assert data, "the session ended"
-            pending = s.dec.feed(data)
-            continue
-        kind, sid, payload = pending.pop(0)
-        if kind == tf.DATA:
-            s.answers.setdefault(sid, bytearray()).extend(payload)
-        elif kind == tf.DONE:
-            s.done[sid] = payload
-        elif kind == tf.ERROR:
-            s.errors[sid] = payload
 
 
 def _send_in_thread(s: Session, frames: list[tuple[int, int, bytes]]) -> threading.Thread:
@@ -104,7 +80,7 @@ def _answered(s: Session, sid: int) -> None:
 def _ended_cleanly(s: Session, db: Path) -> list[dict[str, Any]]:
     """After ``s.close()``: the session's last frames read, it exits, nothing is left behind;
     the rows of the stuck streams."""
-    _collect_within(s, set(s.tunnel.streams), PROMPT)
+    s.collect(set(s.tunnel.streams), PROMPT)
     while select.select([s.out_r], [], [], PROMPT)[0] and (data := os.read(s.out_r, 1 << 20)):
         for kind, sid, payload in s.dec.feed(data):
             if kind == tf.DONE:
@@ -124,11 +100,11 @@ def _ended_cleanly(s: Session, db: Path) -> list[dict[str, Any]]:
 def test_a_backend_that_never_reads_its_body_stalls_only_its_own_stream(
     db: Path, settings: Settings, backends: tuple[FakeBackend, FakeBackend], end: bool
 ) -> None:
-    before = _open_fds()
+    before = open_fds()
     s = Session(settings, db.parent)
     other = (tf.OPEN, 2, command("other-2", "u", "svc", "/echo", headers=JSON, body=b'{"n": 2}'))
     writer = _send_in_thread(s, [*_stuck_body(1, end), other])
-    _collect_within(s, {2}, PROMPT)  # the second stream is answered while the first is stuck
+    s.collect({2}, PROMPT)  # the second stream is answered while the first is stuck
     _answered(s, 2)
     writer.join(PROMPT)
     assert not writer.is_alive()  # the session took every frame: its reader never waited
@@ -138,20 +114,20 @@ def test_a_backend_that_never_reads_its_body_stalls_only_its_own_stream(
     s.send(tf.OPEN, 3, command("other-3", "u", "svc", "/echo", headers=JSON, body=None))  # a body
     s.send(tf.BODY, 3, b'{"n": 3}')  # through the same reader, after the stuck one's
     s.send(tf.END, 3)
-    _collect_within(s, {3}, PROMPT)
+    s.collect({3}, PROMPT)
     _answered(s, 3)
 
     s.send(tf.CANCEL, 1)  # its client goes away: the stream ends, though its backend is stuck
-    _collect_within(s, {1}, PROMPT)
+    s.collect({1}, PROMPT)
     assert s.done[1] == b"aborted"
     s.close()
     (row,) = _ended_cleanly(s, db)
     assert row["outcome"] == "aborted"
     backends[1].close()  # the stuck backend's end of its connection
     deadline = time.monotonic() + PROMPT
-    while _open_fds() - before and time.monotonic() < deadline:  # the backends' threads close theirs
+    while open_fds() - before and time.monotonic() < deadline:  # the backends' threads close theirs
         time.sleep(0.05)
-    assert _open_fds() - before == set()  # no descriptor left behind
+    assert open_fds() - before == set()  # no descriptor left behind
 
 
 def test_the_session_ending_ends_a_stream_stuck_on_its_body(
@@ -162,7 +138,7 @@ def test_the_session_ending_ends_a_stream_stuck_on_its_body(
     writer.join(PROMPT)
     assert not writer.is_alive()
     s.close()  # the SSH channel ends: the stream is aborted, its backend's send given up
-    _collect_within(s, {1}, PROMPT)
+    s.collect({1}, PROMPT)
     assert s.done[1] == b"aborted"
     (row,) = _ended_cleanly(s, db)
     assert row["outcome"] == "aborted"
@@ -181,7 +157,7 @@ def test_a_body_kept_over_the_limit_ends_its_stream_only(
     s = Session(settings, db.parent)
     other = (tf.OPEN, 2, command("other-2", "u", "svc", "/echo", headers=JSON, body=b'{"n": 2}'))
     writer = _send_in_thread(s, [*_stuck_body(1, end=True), other])
-    _collect_within(s, {1, 2}, PROMPT)
+    s.collect({1, 2}, PROMPT)
     assert s.errors[1] == b"request body not taken by the backend: too much of it waiting"
     _answered(s, 2)
     writer.join(PROMPT)

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,10 @@ import pytest
 from saia_ctl.request_path import tunnel_frames as tf
 from saia_ctl.settings import Settings
 from tests.support.backend import FakeBackend
-from tests.support.fixtures import service_config
+from tests.support.tunnel import Session
 from tests.support.wire import add_ready_job, command, environment, interface_argv, parse_http, rows
-from tests.test_route_tunnel import Session
 
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture
-def svc(home: Path, import_services: Any) -> Path:
-    import_services(
-        service_config("svc", minimum_number_instances=0, maximum_number_instances=0, request_hold_time=0)
-    )
-    return home / "saia.db"
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    with FakeBackend() as b:
-        yield b
 
 
 def _ask(s: Session, sid: int, inline: bool) -> dict[str, Any]:

@@ -8,35 +8,18 @@ from __future__ import annotations
 
 import os
 import select
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from saia_ctl.request_path import tunnel_frames as tf
 from saia_ctl.settings import Settings
 from tests.support.backend import FakeBackend
-from tests.support.fixtures import service_config
+from tests.support.tunnel import Session
 from tests.support.wire import add_ready_job, command, parse_http, rows
-from tests.test_route_tunnel import Session
 
 BIG = 3_000_000  # bytes of answer: far more than the window and the pipes' buffers
 WINDOW = 65536
-
-
-@pytest.fixture
-def svc(home: Path, import_services: Any) -> Path:
-    import_services(
-        service_config("svc", minimum_number_instances=0, maximum_number_instances=0, request_hold_time=0)
-    )
-    return home / "saia.db"
-
-
-@pytest.fixture
-def backend() -> Iterator[FakeBackend]:
-    with FakeBackend() as b:
-        yield b
 
 
 def _data_until_quiet(s: Session, sid: int, quiet: float = 1.0) -> int:

@@ -8,5 +8,6 @@
 - ``cluster`` — the real cluster (Slurm + sshd) fixture.
 - ``proxy_fakes`` — a fake ``ssh`` and a fake cluster side for the proxy's unit tests.
 - ``accounting`` — request and job rows for the accounting tests.
+- ``tunnel`` — the login node's side of a ``tunnel`` session in-process (``Session``), its fixtures.
 - ``fixtures`` — the general fixtures ``conftest.py`` wires in (a migrated home, a clock, configs).
 """
