@@ -252,8 +252,19 @@ def start_sshd(cluster: Any, root: Path) -> tuple[int, int]:
 
 
 def start_proxy(
-    cluster: Any, sshd_port: int, key: Path, control_dir: str, log: Path, sessions: int
+    cluster: Any,
+    sshd_port: int,
+    key: Path,
+    control_dir: str,
+    log: Path,
+    sessions: int,
+    *,
+    keepalive_interval: float = 3600,
+    log_level: str = "error",
+    default_user: str = "bench@uni",
+    extra: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """``saia-ctl proxy`` in tunnel mode through the private sshd; (process, port)."""
     exe = REPO / ".venv" / "bin" / "saia-ctl"
     argv = [
         str(exe) if exe.exists() else "saia-ctl",
@@ -267,10 +278,11 @@ def start_proxy(
         "--ssh-option", f"UserKnownHostsFile={cluster.dir / 'ssh' / 'known_hosts'}",
         "--control-dir", control_dir,
         "--pool-size", "2",
-        "--keepalive-interval", "3600",
-        "--log-level", "error",
-        "--default-user", "bench@uni",
+        "--keepalive-interval", str(keepalive_interval),
+        "--log-level", log_level,
+        "--default-user", default_user,
         "--tunnel-sessions", str(sessions),
+        *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
     with open(log, "wb") as f:

@@ -41,7 +41,6 @@ import itertools
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -64,7 +63,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 from common import Figure, report  # noqa: E402
-from tunnel import start_sshd  # noqa: E402
+from tunnel import start_proxy, start_sshd  # noqa: E402
 
 VENV_BIN = REPO / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
@@ -329,37 +328,12 @@ class Soak:
             subprocess.run([saia, *args], env=env, check=True, capture_output=True, timeout=120)
 
     def start_proxy(self, sshd_port: int, key: Path) -> tuple[subprocess.Popen[bytes], int]:
-        exe = VENV_BIN / "saia-ctl"
-        argv = [
-            str(exe) if exe.exists() else "saia-ctl",
-            "proxy",
-            "--port", "0",
-            "--ssh-host", "127.0.0.1",
-            "--ssh-port", str(sshd_port),
-            "--ssh-user", self.cluster.ssh_user,
-            "--ssh-key", str(key),
-            "--ssh-option", "StrictHostKeyChecking=no",
-            "--ssh-option", f"UserKnownHostsFile={self.cluster.dir / 'ssh' / 'known_hosts'}",
-            "--control-dir", self.control_dir,
-            "--pool-size", "2",
-            "--keepalive-interval", "2",
-            "--timeout", "60",
-            "--log-level", "warning",
-            "--default-user", "soak@uni",
-            "--tunnel-sessions", str(SESSIONS),
-        ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAIA_")}
-        log = self.root / "proxy.log"
-        with open(log, "wb") as f:
-            proc = subprocess.Popen(argv, env=env, stderr=f)
+        proc, port = start_proxy(  # bench/tunnel.py's, with a keep-alive that drives the ticks
+            self.cluster, sshd_port, key, self.control_dir, self.root / "proxy.log", SESSIONS,
+            keepalive_interval=2, log_level="warning", default_user="soak@uni", extra=("--timeout", "60"),
+        )  # fmt: skip
         self.procs.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"listening on http://[^:]+:(\d+)", log.read_text())
-            if m:
-                return proc, int(m.group(1))
-            time.sleep(0.1)
-        raise RuntimeError(f"the proxy did not start: {log.read_text()[-500:]}")
+        return proc, port
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.home / 'saia.db'}?mode=ro", uri=True, timeout=30)
