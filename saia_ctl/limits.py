@@ -240,7 +240,8 @@ def gpu_figures(s: Session, tz: str, now: float) -> tuple[str, dict[tuple[str, s
     """(month, {(subject, service or ''): attributed GPU-hours}) for every subject a GPU-hours
     limit names: the report's figures (ledger plus the rows not folded yet). Reads only."""
     from .accounting.months import month_window
-    from .accounting.report import IDLE, month_figures, split_gpu
+    from .accounting.report import month_figures, split_gpu
+    from .accounting.shares import IDLE
     from .accounting.zones import month_of
     from .request_path.admission import project_in
 

@@ -410,8 +410,10 @@ class LedgerService(_LedgerCounts, Base):
     service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     durations: Mapped[bytes] = mapped_column(LargeBinary)  # of ok requests, sorted
     ttfbs: Mapped[bytes] = mapped_column(LargeBinary)  # times to first byte, sorted
-    # JSON object: user id -> GPU seconds attributed to that user on this service's jobs
-    user_gpu_seconds: Mapped[str] = mapped_column(Text, server_default="{}")
+    # GPU time attributed to each user on this service's jobs (accounting/shares.py): the
+    # JSON-encoded user ids in split order, one per line, and their nanoseconds as int64
+    gpu_users: Mapped[str] = mapped_column(Text, server_default="")
+    gpu_ns: Mapped[bytes] = mapped_column(LargeBinary, server_default=text("X''"))
 
 
 class LedgerDay(Base):

@@ -33,8 +33,6 @@ from saia_ctl.accounting.gpu import (
     JobSpan,
     attribute,
     clip,
-    largest_remainder,
-    largest_remainder_of,
     median,
     ready_interval,
     union_length,
@@ -246,7 +244,8 @@ def test_a_months_gpu_time_equals_exact_rationals(rows: Rows, home: Path, seed: 
         for sv, shares in want_shares.items():
             assert figs.gpu_shares[sv].keys() == shares.keys()
             for u, secs in shares.items():
-                assert abs(Fraction(figs.gpu_shares[sv][u]) - secs) <= tolerance[(sv, u)], (sv, u)
+                got = Fraction(figs.gpu_shares[sv][u], 10**9)  # whole ns: rounded once per day at most
+                assert abs(got - secs) <= tolerance[(sv, u)] + Fraction(len(w.days) + 1, 2 * 10**9), (sv, u)
         assert {sv for sv, g in figs.gpu.items() if g.gpu_seconds} == set(want_gpu)
         for sv, want in want_gpu.items():
             got = figs.gpu[sv]
@@ -356,6 +355,7 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
         busy[job_id].append((start, end, u))
     ready: defaultdict[str, list[tuple[float, float]]] = defaultdict(list)
     to_ready: defaultdict[str, list[float]] = defaultdict(list)
+    seconds: defaultdict[str, dict[str, float]] = defaultdict(dict)  # service -> user -> GPU seconds
     for job in jobs:
         res = attribute_oracle(job, busy[job.id], w.start, w.end, now)
         if res.run_seconds <= 0:
@@ -369,8 +369,7 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
         g.idle_ready_gpu_seconds += res.idle_ready_gpu_seconds
         for u, secs in res.users.items():
             pair = (u, job.service)
-            shares = figs.gpu_shares.setdefault(job.service, {})
-            shares[u] = shares.get(u, 0.0) + secs
+            seconds[job.service][u] = seconds[job.service].get(u, 0.0) + secs
             for key in (pair, (u, F.ALL), (F.ALL, job.service), (F.ALL, F.ALL)):
                 figs.usage.setdefault(key, F.Usage())
         r = ready_interval(job, now)
@@ -381,6 +380,7 @@ def reference_figures(db: Path, month: str, tz: str, now: float) -> F.Figures:
     for s, g in figs.gpu.items():
         g.ready_seconds = union_length(ready[s])
         g.submit_to_ready_median = median(to_ready[s])
+    figs.gpu_shares = {sv: {u: round(x * 10**9) for u, x in users.items()} for sv, users in seconds.items()}
     conn.close()
     return figs
 
@@ -415,42 +415,3 @@ def test_report_equals_the_row_by_row_reference(
         assert json.dumps(fast, sort_keys=True) == json.dumps(ref, sort_keys=True), kw
         for fmt in ("table", "markdown", "csv", "json"):
             assert render(fast, fmt) == render(ref, fmt)
-
-
-def largest_remainder_reference(values: dict[str, float], total: int) -> dict[str, int]:
-    """Hamilton's method as written down: every key ordered by (remainder, value, key)."""
-    s = math.fsum(values.values())
-    quotas = {k: v * total / s for k, v in values.items()}
-    out = {k: math.floor(q) for k, q in quotas.items()}
-    order = sorted(quotas, key=lambda k: (-(quotas[k] - out[k]), -values[k], k))
-    for i in range(total - sum(out.values())):
-        out[order[i % len(order)]] += 1
-    return out
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_one_share_of_a_split_with_an_idle_zero_or_all_zero(seed: int) -> None:
-    """As the usage view splits: users' seconds plus the idle time ("", possibly 0)."""
-    rng = random.Random(seed)
-    values = {f"u{i}": rng.choice([0.25, 1.0, rng.uniform(0, 9)]) for i in range(rng.randint(1, 40))}
-    values[""] = rng.choice([0.0, 3.0, rng.uniform(0, 9)])
-    if seed % 10 == 0:
-        values = dict.fromkeys(values, 0.0)
-    for total in (0, 1, rng.randint(2, 50), rng.randint(51, 10**6)):
-        got = largest_remainder(values, total)
-        assert {k: largest_remainder_of(values, total, k) for k in values} == got
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_largest_remainder_matches_the_plain_method(seed: int) -> None:
-    rng = random.Random(seed)
-    n = rng.randint(1, 300)
-    # few distinct values, so that remainders tie across the cut
-    pool = [rng.uniform(0.1, 50) for _ in range(rng.randint(1, 6))] + [1.0, 2.0, 0.5]
-    values = {f"u{rng.randint(0, 10**6):07d}": rng.choice(pool) for _ in range(n)}
-    total = rng.randint(0, 5000)
-    got = largest_remainder(values, total)
-    assert got == largest_remainder_reference(values, total)
-    assert sum(got.values()) == total
-    # one key's share alone (a user's usage) is that key's share of the whole split
-    assert {k: largest_remainder_of(values, total, k) for k in values} == got

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
 
+from saia_ctl.accounting.ledger import read_gpu_shares
 from saia_ctl.db import engine_for, write_session
 from saia_ctl.migrate import MIGRATIONS_DIR, current_revision, downgrade, head_revision, upgrade
 from saia_ctl.models import Job, JobState, Request
@@ -63,6 +65,30 @@ def test_downgrade_and_upgrade_round_trip_with_data(tmp_path: Path, import_servi
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT id, name, sbatch FROM services").fetchall() == before
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_0007_converts_the_ledgers_gpu_shares_and_back(tmp_path: Path) -> None:
+    """The JSON object of GPU seconds per user becomes nanoseconds in split order, read
+    by the same code as a fold writes them; downgrading gives the seconds back."""
+    eng = engine_for(Settings(home=str(tmp_path), environ={}))
+    upgrade(eng, "0006")
+    seconds = {"bob": 12.5, 'q"uote': 0.25, "alice": 3600.000000001, "zero": 0.0}
+    db = Path(str(eng.url.database))
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO ledger_services (tz, month, service_id, durations, ttfbs, user_gpu_seconds, requests,"
+            " ok, errors, errors_4xx, errors_5xx, aborted, in_flight, input_tokens, output_tokens)"
+            " VALUES ('UTC', '2026-05', 'svc', X'', X'', ?, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+            (json.dumps(seconds),),
+        )
+    upgrade(eng)
+    with sqlite3.connect(db) as conn:
+        shares = read_gpu_shares(conn, ("UTC", "2026-05"))
+    assert shares == {"svc": {"alice": 3_600_000_000_001, "bob": 12_500_000_000, 'q"uote': 250_000_000}}
+    downgrade(eng, "0006")
+    with sqlite3.connect(db) as conn:
+        (blob,) = conn.execute("SELECT user_gpu_seconds FROM ledger_services").fetchone()
+    assert json.loads(blob) == {k: v for k, v in seconds.items() if v}
 
 
 def _revisions() -> list[str]:

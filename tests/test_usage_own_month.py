@@ -23,7 +23,9 @@ from tests.support.paths import REPO
 from tests.support.wire import command, parse_http
 
 DAY = 86400.0
-USERS = [f"user{i}" for i in range(12)] + ["nobody"]
+# ids whose JSON form orders them apart from their plain form
+ODD = ['q"uote\\\\', "q#", "Zoë", "Zoz", "!first"]
+USERS = [f"user{i}" for i in range(12)] + ODD + ["nobody"]
 
 
 def _fold(db: Path, tz: str, now: float) -> list[str]:
@@ -45,6 +47,9 @@ def _month(rows: Rows, now: float) -> None:
     rows.request("user3", "svc-b", job, now - 600, None)  # in flight: attributed up to now
     rows.request("user4", "svc-b", job, now - 2 * DAY, now - 1000)  # long: from folded days into the tail
     rows.request("user5", "svc-b", job, now - 900, now - 100)
+    for k, user in enumerate(ODD):  # in folded days and in the tail, beside the others
+        rows.request(user, "svc-b", job, now - 2.5 * DAY + k * 3000, now - 2.5 * DAY + k * 3000 + 7000)
+        rows.request(user, "svc-b", job, now - 700 + k, now - 50 - k)
 
 
 def _compare(home: Path, engine: Any, tz: str, now: float) -> list[float]:

@@ -19,6 +19,7 @@ from .ledger import COUNT_NAMES, read_cursor, read_gpu_shares
 from .months import Window
 from .row_sql import LATE_IN_SQL, jobs_in
 from .scan import CELLS_SQL, LATENCY_SQL, Progress, Span, counts_of, scan
+from .shares import to_ns
 from .sorted_runs import p50_p95, unpack
 
 Runs = defaultdict[str, tuple[list[Sequence[float]], list[Sequence[float]]]]
@@ -163,7 +164,7 @@ def _gpu(
 ) -> None:
     w = figs.window
     key = (w.tz, w.month)
-    shares: dict[str, dict[str, float]] = {}
+    shares: dict[str, dict[str, int]] = {}
     idle: dict[int, tuple[float, float]] = {}
     if folded:
         shares = {sv: users for sv, users in read_gpu_shares(conn, key).items() if users}
@@ -172,7 +173,7 @@ def _gpu(
             idle[row["job_id"]] = (row["idle_gpu_seconds"], row["idle_ready_gpu_seconds"])
     for (u, sv), secs in tail.gpu.items():
         users = shares.setdefault(sv, {})
-        users[u] = users.get(u, 0.0) + secs
+        users[u] = users.get(u, 0) + to_ns(secs)
     for job_id, (i, r) in tail.idle.items():
         have = idle.get(job_id, (0.0, 0.0))
         idle[job_id] = (have[0] + i, have[1] + r)

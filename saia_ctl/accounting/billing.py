@@ -17,7 +17,8 @@ from sqlalchemy import Engine
 
 from ..request_path.admission import DEFAULT_PROJECT, project_in
 from .figures import ALL, dbapi, named
-from .report import IDLE, month_figures, split_gpu
+from .report import month_figures, split_gpu
+from .shares import IDLE
 
 COLUMNS = (
     "project",

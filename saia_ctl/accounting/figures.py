@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field, fields
 
 from .months import Window
+from .shares import NS_PER_SECOND, to_ns
 
 TYPE_CHECKING = False  # typing is not imported at run time: the request path's usage reads this module
 if TYPE_CHECKING:  # annotations only: stdlib at run time
@@ -79,10 +80,10 @@ class Figures:
     usage: dict[tuple[str, str], Usage] = field(default_factory=dict)  # (user|ALL, service|ALL)
     gpu: dict[str, ServiceGPU] = field(default_factory=dict)
     days: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, YYYY-MM-DD)
-    # GPU seconds attributed to each user of each service (service -> user -> seconds),
-    # unrounded. A user or service with attributed time but no request in the month still
+    # GPU time attributed to each user of each service (service -> user -> whole nanoseconds,
+    # ``shares``). A user or service with attributed time but no request in the month still
     # has a (zero) usage cell.
-    gpu_shares: dict[str, dict[str, float]] = field(default_factory=dict)
+    gpu_shares: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -132,7 +133,7 @@ def load(session: Session, window: Window) -> Figures:
         u, s = row["user_id"], row["service_id"]
         figs.usage[(u, s)] = Usage(**{name: row[name] for name in USAGE_FIELDS})
         if u != ALL and s != ALL and row["gpu_seconds"]:
-            figs.gpu_shares.setdefault(s, {})[u] = row["gpu_seconds"]
+            figs.gpu_shares.setdefault(s, {})[u] = to_ns(row["gpu_seconds"])
     cols = ", ".join(GPU_FIELDS)
     for row in named(conn).execute(
         f"SELECT service_id, {cols} FROM rollup_services WHERE month = ? AND tz = ? ORDER BY service_id", key
@@ -157,17 +158,17 @@ def store(session: Session, figs: Figures, made_at: float) -> None:
         "INSERT INTO rollup_months (month, tz, start_at, end_at, made_at) VALUES (?, ?, ?, ?, ?)",
         (*key, w.start, w.end, made_at),
     )
-    gpu: dict[tuple[str, str], float] = {}  # the pairs', and the sums of users, services, all
+    gpu: dict[tuple[str, str], int] = {}  # the pairs', and the sums of users, services, all (ns)
     for s, shares in sorted(figs.gpu_shares.items()):
-        for u, secs in sorted(shares.items()):
+        for u, ns in sorted(shares.items()):
             for k in ((u, s), (u, ALL), (ALL, s), (ALL, ALL)):
-                gpu[k] = gpu.get(k, 0.0) + secs
+                gpu[k] = gpu.get(k, 0) + ns
     cols = ", ".join(USAGE_FIELDS)
     marks = ", ".join("?" * (len(USAGE_FIELDS) + 5))
     conn.executemany(
         f"INSERT INTO rollup_usage (month, tz, user_id, service_id, {cols}, gpu_seconds) VALUES ({marks})",
         [
-            (*key, u, s, *astuple(figs.usage.get((u, s), Usage())), gpu.get((u, s), 0.0))
+            (*key, u, s, *astuple(figs.usage.get((u, s), Usage())), gpu.get((u, s), 0) / NS_PER_SECOND)
             for u, s in sorted(set(figs.usage) | set(gpu))
         ],
     )

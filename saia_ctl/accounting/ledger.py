@@ -31,14 +31,14 @@ next fold rewinds the ledger to that month and folds it again.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..rawdb import deferred, immediate
-from .figures import COUNT_FIELDS, named
+from . import shares
+from .figures import COUNT_FIELDS
 from .months import month_window
 from .row_sql import CURSOR_SQL, JOB_START_SQL
 from .scan import Progress, Span, scan
@@ -342,17 +342,16 @@ def _prepare(conn: sqlite3.Connection, tz: str, due: DueDay, span: Span) -> Stat
     return out
 
 
-def read_gpu_shares(conn: sqlite3.Connection, key: tuple[str, str]) -> dict[str, dict[str, float]]:
-    """A month's folded GPU seconds per service and user (``key``: zone, month)."""
-    sql = "SELECT service_id, user_gpu_seconds FROM ledger_services WHERE tz = ? AND month = ?"
-    rows = named(conn).execute(sql, key)
-    return {row["service_id"]: json.loads(row["user_gpu_seconds"] or "{}") for row in rows}
+def read_gpu_shares(conn: sqlite3.Connection, key: tuple[str, str]) -> dict[str, dict[str, int]]:
+    """A month's folded GPU time per service and user, in ns (``key``: zone, month)."""
+    sql = "SELECT service_id, gpu_users, gpu_ns FROM ledger_services WHERE tz = ? AND month = ?"
+    return {sv: shares.unpack(users, blob) for sv, users, blob in conn.execute(sql, key)}
 
 
 def _gpu_rows(
     conn: sqlite3.Connection, key: tuple[str, str], gpu: dict[tuple[str, str], float]
 ) -> tuple[str, list[tuple[Any, ...]]]:
-    """The upsert adding a day's attributed GPU seconds to each service's users."""
+    """The upsert adding a piece's attributed GPU time to each service's users."""
     by_service: defaultdict[str, dict[str, float]] = defaultdict(dict)
     for (u, sv), secs in gpu.items():
         by_service[sv][u] = secs
@@ -361,13 +360,13 @@ def _gpu_rows(
     for sv, add in sorted(by_service.items()):
         have = old.get(sv, {})
         for u, secs in add.items():
-            have[u] = have.get(u, 0.0) + secs
-        rows.append((*key, sv, json.dumps(have, separators=(",", ":"))))
+            have[u] = have.get(u, 0) + shares.to_ns(secs)
+        rows.append((*key, sv, *shares.pack(have)))
     zeros = ", ".join("0" * _N)
     return (
-        f"INSERT INTO ledger_services (tz, month, service_id, {COUNT_NAMES}, durations, ttfbs, user_gpu_seconds)"
-        f" VALUES (?, ?, ?, {zeros}, X'', X'', ?) ON CONFLICT (tz, month, service_id)"
-        " DO UPDATE SET user_gpu_seconds = excluded.user_gpu_seconds",
+        f"INSERT INTO ledger_services (tz, month, service_id, {COUNT_NAMES}, durations, ttfbs, gpu_users, gpu_ns)"
+        f" VALUES (?, ?, ?, {zeros}, X'', X'', ?, ?) ON CONFLICT (tz, month, service_id)"
+        " DO UPDATE SET gpu_users = excluded.gpu_users, gpu_ns = excluded.gpu_ns",
         rows,
     )
 

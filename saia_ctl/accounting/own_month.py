@@ -8,11 +8,12 @@ the same to the last digit:
 - requests and tokens: the user's ledger row for the folded days plus their rows
   of the rest (the tail), through ``ix_requests_user_started``;
 - attributed GPU-hours: the report splits each service's rounded GPU total among
-  all its users and its idle time (``report.split_gpu``, largest remainders), so a
-  user's figure needs the whole split of each service they have time on: the
-  ledger's shares of the folded days plus the tail's attribution of that
-  service's jobs (all their requests, not only the user's), and the service's
-  job and idle time.
+  all its users and its idle time by cumulative rounding (``shares``), so a user's
+  share needs three sums of the service's split — of the keys before the user, the
+  user's own, of all: the ledger's stored values of the folded days (read without
+  decoding the other users', ``shares.Folded``) plus the tail's attribution of that
+  service's jobs (all their requests, not only the user's), and the service's job
+  and idle time.
 
 Stdlib only and cheap to import (no ``dataclasses``, ``json``, ``re`` or ``typing``):
 the request path answers with it, one process per request. A month with a rollup
@@ -21,9 +22,9 @@ the request path answers with it, one process per request. A month with a rollup
 
 from __future__ import annotations
 
-from .. import cjson
-from .gpu import JobSpan, attribute, clip, largest_remainder_of
+from .gpu import JobSpan, attribute, clip
 from .row_sql import COUNTER_SQL, CURSOR_SQL, LATE_IN_SQL, LONG_OR_OPEN, LONG_REQUEST, jobs_in
+from .shares import Folded, milli_gpu_hours, order_key, share, to_ns
 from .zones import month_bounds
 
 TYPE_CHECKING = False  # the request path answers with this module: no typing, no dataclasses
@@ -101,22 +102,23 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
         if row[0]:
             counts = [x + int(y) for x, y in zip(counts, row, strict=True)]
 
-    # The folded shares of every service the user has time in (a blob without the user's
-    # quoted id has no share of theirs: skipped unparsed).
-    shares: dict[str, dict[str, float]] = {}
+    # The folded shares of every service the user has time in, read only where a service's
+    # users name the user; the other services' only if the user has time there in the tail.
+    store: dict[str, Folded] = {}
+    named: set[str] = set()
     if folded:
-        quoted = cjson.dumps(user)
-        sql = "SELECT service_id, user_gpu_seconds FROM ledger_services WHERE tz = ? AND month = ?"
-        for sv, blob in conn.execute(sql, key):
-            if blob and quoted in blob:
-                users = cjson.loads(blob)
-                if users:
-                    shares[sv] = users
+        sql = "SELECT service_id, gpu_users, gpu_ns FROM ledger_services WHERE tz = ? AND month = ?"
+        needle = "\n" + order_key(user) + "\n"
+        for sv, keys, blob in conn.execute(sql, key):
+            if keys:
+                store[sv] = Folded(keys, blob)
+                if needle in "\n" + keys + "\n":
+                    named.add(sv)
     tail_services: set[str] = set()
     if c < b:
         params = (user, c - LONG_REQUEST, b, c - LONG_REQUEST, user)
         tail_services = {sv for (sv,) in conn.execute(_USER_SERVICES_SQL, params)}
-    services = set(shares) | tail_services
+    services = named | tail_services
     if not services:
         return OwnMonth(dict(zip(COUNTS, counts, strict=True)), 0)
 
@@ -128,8 +130,9 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
         for job_id, i, r in conn.execute(sql, key):
             if job_id in wanted:
                 idle[job_id] = (i, r)
+    tail: dict[str, dict[str, int]] = {}
     if c < b:
-        _tail(conn, sorted(services), c, b, now, shares, idle)
+        tail = _tail(conn, sorted(services), c, b, now, idle)
 
     milli = 0
     gpu_seconds: dict[str, float] = {}
@@ -141,14 +144,19 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
             continue
         gpu_seconds[job.service] = gpu_seconds.get(job.service, 0.0) + (run_b - run_a) * float(job.gpus)
         idle_seconds[job.service] = idle_seconds.get(job.service, 0.0) + idle.get(job.id, (0.0, 0.0))[0]
-    for sv, g in gpu_seconds.items():  # report.split_gpu
-        have = shares.get(sv, {})
-        # split_gpu leaves out the users without time (a copy in C when there are none)
-        values = {u: secs for u, secs in have.items() if secs} if 0.0 in have.values() else dict(have)
-        if not values.get(user):
+    me = order_key(user)
+    for sv, g in gpu_seconds.items():  # report.split_gpu: the user's share of the service's split
+        stored = store.get(sv)
+        before, own = stored.before_and_own(user) if stored is not None else (0, 0)
+        whole = stored.total() if stored is not None else 0
+        added = tail.get(sv, {})
+        own += added.get(user, 0)
+        if not own:
             continue
-        values[""] = idle_seconds[sv]
-        milli += largest_remainder_of(values, round(g / 3.6), user)
+        whole += sum(added.values())
+        before += sum(ns for u, ns in added.items() if u != user and order_key(u) < me)
+        idle_ns = to_ns(idle_seconds[sv])  # IDLE comes first
+        milli += share(idle_ns + before, own, idle_ns + whole, milli_gpu_hours(g))
     return OwnMonth(dict(zip(COUNTS, counts, strict=True)), milli)
 
 
@@ -158,15 +166,15 @@ def _tail(
     lo: float,
     hi: float,
     now: float,
-    shares: dict[str, dict[str, float]],
     idle: dict[int, tuple[float, float]],
-) -> None:
-    """``scan._attribute`` over [lo, hi) for the jobs of ``services`` only, added in as
-    ``assemble._gpu`` adds the tail (users' seconds summed job by job, in job order)."""
+) -> dict[str, dict[str, int]]:
+    """``scan._attribute`` over [lo, hi) for the jobs of ``services`` only: each service's
+    users' tail in ns, as ``assemble._gpu`` adds it (seconds summed job by job, in job order,
+    then ``to_ns``); the jobs' tail idle time is added to ``idle``."""
     wanted = set(services)
     jobs: list[JobSpan] = [j for j in jobs_in(conn, lo, hi) if j.service in wanted]
     if not jobs:
-        return
+        return {}
     busy: dict[int, list[tuple[float, float | None, str]]] = {j.id: [] for j in jobs}
     for sv in services:  # each job's rows in the scan's order: short ones by start, then long ones
         for job_id, u, start, end in conn.execute(_SERVICE_BUSY_SQL, (sv, lo - LONG_REQUEST, hi, lo)):
@@ -185,9 +193,10 @@ def _tail(
         for u, secs in res.users.items():
             k = (u, job.service)
             tail[k] = tail.get(k, 0.0) + secs
-    for (u, sv), secs in tail.items():
-        users = shares.setdefault(sv, {})
-        users[u] = users.get(u, 0.0) + secs
     for job_id, (i, r) in tail_idle.items():
         have = idle.get(job_id, (0.0, 0.0))
         idle[job_id] = (have[0] + i, have[1] + r)
+    out: dict[str, dict[str, int]] = {}
+    for (u, sv), secs in tail.items():
+        out.setdefault(sv, {})[u] = to_ns(secs)
+    return out

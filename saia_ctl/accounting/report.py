@@ -2,7 +2,7 @@
 
 GPU-hours are shown in thousandths (milli-GPU-hours, integers internally): each
 service's total is rounded once, then split among its users and its idle time
-with the largest-remainder method, so the users' shares plus idle add up to the
+by cumulative rounding (``shares``), so the users' shares plus idle add up to the
 service total exactly as displayed. See docs/accounting.md.
 """
 
@@ -19,12 +19,10 @@ from ..errors import SaiaError
 from . import figures as F
 from .assemble import assemble
 from .figures import ALL, Figures, Usage
-from .gpu import largest_remainder
 from .months import Window
 from .scan import Progress
+from .shares import IDLE, milli_gpu_hours, split, to_ns
 from .zones import iso_utc
-
-IDLE = ""  # key of the idle share in a service's split (no user id is empty)
 
 
 class ReportError(SaiaError):
@@ -108,10 +106,10 @@ def split_gpu(figs: Figures) -> tuple[dict[str, int], dict[str, dict[str, int]]]
     totals: dict[str, int] = {}
     shares: dict[str, dict[str, int]] = {}
     for s, g in figs.gpu.items():
-        totals[s] = round(g.gpu_seconds / 3.6)
-        values = {u: secs for u, secs in figs.gpu_shares.get(s, {}).items() if secs}
-        values[IDLE] = g.idle_gpu_seconds
-        shares[s] = largest_remainder(values, totals[s])
+        totals[s] = milli_gpu_hours(g.gpu_seconds)
+        values = {u: ns for u, ns in figs.gpu_shares.get(s, {}).items() if ns}
+        values[IDLE] = to_ns(g.idle_gpu_seconds)
+        shares[s] = split(values, totals[s])
     return totals, shares
 
 
