@@ -104,14 +104,14 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
 
     # The folded shares of every service the user has time in, read only where a service's
     # users name the user; the other services' only if the user has time there in the tail.
-    store: dict[str, Folded] = {}
+    store: dict[str, tuple[str, bytes]] = {}  # decoded only for the services the user is on
     named: set[str] = set()
     if folded:
         sql = "SELECT service_id, gpu_users, gpu_ns FROM ledger_services WHERE tz = ? AND month = ?"
         needle = "\n" + order_key(user) + "\n"
         for sv, keys, blob in conn.execute(sql, key):
             if keys:
-                store[sv] = Folded(keys, blob)
+                store[sv] = (keys, blob)
                 if needle in "\n" + keys + "\n":
                     named.add(sv)
     tail_services: set[str] = set()
@@ -146,9 +146,9 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
         idle_seconds[job.service] = idle_seconds.get(job.service, 0.0) + idle.get(job.id, (0.0, 0.0))[0]
     me = order_key(user)
     for sv, g in gpu_seconds.items():  # report.split_gpu: the user's share of the service's split
-        stored = store.get(sv)
-        before, own = stored.before_and_own(user) if stored is not None else (0, 0)
-        whole = stored.total() if stored is not None else 0
+        stored = Folded(*store.get(sv, ("", b"")))
+        before, own = stored.before_and_own(user)
+        whole = stored.total()
         added = tail.get(sv, {})
         own += added.get(user, 0)
         if not own:
