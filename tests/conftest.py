@@ -4,7 +4,8 @@ The general ones (a migrated home, settings, a clock, configs) come from
 ``tests.support.fixtures``; the real cluster's from ``tests.support.cluster``
 (tests that use it carry ``@pytest.mark.cluster``); the proxy's stand-ins from
 ``tests.support.proxy_fakes``; the accounting tests' ``rows`` from ``tests.support.accounting``;
-the tunnel tests' ``svc`` and ``backend`` from ``tests.support.tunnel``.
+the tunnel tests' ``svc`` and ``backend`` from ``tests.support.tunnel``, the proxy's
+``real_login`` from ``tests.support.tunnel_proxy``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests.support.fixtures import (
 )
 from tests.support.proxy_fakes import fakes
 from tests.support.tunnel import backend, svc
+from tests.support.tunnel_proxy import real_login
 
 __all__ = [
     "backend",
@@ -36,6 +38,7 @@ __all__ = [
     "fakes",
     "home",
     "import_services",
+    "real_login",
     "rows",
     "settings",
     "svc",

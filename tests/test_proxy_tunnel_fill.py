@@ -14,8 +14,8 @@ import pytest
 from saia_ctl.proxy import tunnel as ptunnel
 from tests.support.backend import FakeBackend
 from tests.support.proxy_fakes import Fakes, write_script
+from tests.support.tunnel_proxy import client, proxy
 from tests.support.wire import rows
-from tests.test_proxy_tunnel import client, proxy, real_login  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,7 +33,7 @@ def _ask(base: str, n: int, threads: int) -> None:
 def test_the_oldest_session_takes_the_requests_until_it_is_crowded(
     fakes: Fakes,
     home: Path,
-    real_login: FakeBackend,  # noqa: F811
+    real_login: FakeBackend,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with proxy(fakes, tunnel_sessions=2) as (p, base):

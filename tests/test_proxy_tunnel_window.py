@@ -15,8 +15,8 @@ import pytest
 from saia_ctl.proxy import tunnel as ptunnel
 from tests.support.backend import FakeBackend
 from tests.support.proxy_fakes import Fakes, write_script
+from tests.support.tunnel_proxy import client, proxy
 from tests.support.wire import rows
-from tests.test_proxy_tunnel import client, proxy, real_login  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,7 +42,7 @@ def _ask_big(base: str) -> socket.socket:
 def test_a_client_that_stops_reading_holds_at_most_a_window(
     fakes: Fakes,
     home: Path,
-    real_login: FakeBackend,  # noqa: F811
+    real_login: FakeBackend,
 ) -> None:
     with proxy(fakes, tunnel_sessions=1) as (p, base):
         sock = _ask_big(base)
