@@ -1,8 +1,8 @@
 """Bench: ``GET /v1/usage`` (the caller's month so far, docs/accounting.md) on a big month.
 
 Generates a month of traffic in the current month with ``bench/report.py``'s
-generator (default 1,000,000 requests, 10,000 users, 20 services), folds the
-closed days into the ledger as the tick does, sets a few limits, then times
+generator (default 1,000,000 requests, 10,000 users, 20 services), folds it
+into the ledger as the tick does, sets a few limits, then times
 ``GET /v1/usage`` for random users through ``cloud_interface.sh`` as sshd runs it
 (process start to exit, a fresh interpreter per request) and the library call
 alone (``saia_ctl.usage.usage_of_user``, in process). Interleaved with each
@@ -13,11 +13,13 @@ at 1,000,000 requests a month.
 Two months, each generated fresh:
 
 - ``so far``: the month's traffic up to now only (early in a month, few requests);
-- ``month end``: all of the month's requests already there, its days before today
-  folded and its last day in today's unfolded tail (so today is as busy as a whole
-  day; the hour before it as busy as any), as on the month's last evening: the
-  ledger is as big as it gets (every user on every service) and the tail as long as
-  the tick leaves it. (On the month's first day: the month so far.)
+- ``month end``: all of the month's requests already there, its last day's squeezed
+  into today up to now (so today is as busy as a whole day; the hour before it as
+  busy as any), as on the month's last evening, and folded as the tick folds: the
+  days before today whole, today up to its last due whole hour. The ledger is as big
+  as it gets (every user on every service) and the unfolded tail as long as the tick
+  leaves it (about an hour plus the ledger's MARGIN, of today's denser rows). (On
+  the month's first day: the month so far.)
 
     .venv/bin/python bench/usage.py --per-month 100000 --calls 20   # quick
     .venv/bin/python bench/usage.py [--month so-far|month-end|both] [--json]

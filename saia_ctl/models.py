@@ -356,21 +356,23 @@ class PrunedTotal(Base):
 
 # --- the accounting ledger (accounting/ledger.py) ---------------------------------------------
 #
-# A month's figures, kept up to date a closed day at a time so that a report reads
-# them instead of a million request rows. Keyed by the zone the days are cut in and
-# the month ("YYYY-MM") in that zone; the cursor says up to where the days are folded.
+# A month's figures, kept up to date a closed day (or an hour of the open day) at a time
+# so that a report reads them instead of a million request rows. Keyed by the zone the
+# days are cut in and the month ("YYYY-MM") in that zone; the cursor says up to where
+# the rows are folded.
 # Durations are sorted runs of little-endian doubles (seconds). The narrow tables are
 # WITHOUT ROWID (no second copy of the key in an index); those with blobs are not.
 
 
 class LedgerCursor(Base):
-    """Everything before ``folded_to`` (a local midnight in ``tz``) is in the ledger."""
+    """Everything before ``folded_to`` (a local midnight in ``tz``, or a whole hour of the
+    day being folded in pieces) is in the ledger."""
 
     __tablename__ = "ledger_cursors"
 
     tz: Mapped[str] = mapped_column(String(64), primary_key=True)
     folded_to: Mapped[datetime]
-    # the highest request id when the days before folded_to were folded: a row with a
+    # the highest request id when the time before folded_to was folded: a row with a
     # higher id that started before folded_to came late, and the ledger is rewound for it
     max_request_id: Mapped[int] = mapped_column(Integer)
     folded_at: Mapped[datetime]

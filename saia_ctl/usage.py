@@ -4,7 +4,7 @@ caller's own, answered by the request path) and ``saia-ctl usage`` (an admin's v
 The figures are the month report's (``accounting.report.monthly_report`` for the
 user, in ``SAIA_ACCOUNTING_TZ``): requests, tokens and attributed GPU-hours equal
 ``saia-ctl report --month M --user U``. A user's are read from their own rows
-(``accounting.own_month``: the ledger's folded days and the rest through the
+(``accounting.own_month``: the ledger's folded part and the rest through the
 user's index), stdlib only, so the request path answers without SQLAlchemy; a
 project's come from the report. The limits are read as admission reads
 them (``request_path/admission.py``), without writing anything: asking for one's

@@ -236,7 +236,7 @@ def test_a_months_gpu_time_equals_exact_rationals(rows: Rows, home: Path, seed: 
             shares = want_shares[job.service]
             shares[u] = shares.get(u, Fraction(0)) + secs
             n = sum(1 for *_, x in reqs if x == u)
-            # a fold attributes each day anew: one bound per day, at most
+            # a fold attributes each piece anew: one bound per piece (a day each, one day in two)
             tolerance[(job.service, u)] += share_tolerance(float(e.gpu), n, events) * (len(w.days) + 1)
 
     def check(figs: F.Figures) -> None:

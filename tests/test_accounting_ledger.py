@@ -117,9 +117,9 @@ def test_a_day_is_folded_once_and_only_when_closed(rows: Rows, engine: Any, home
     rows.request("user3", "svc-a", job, MAY + 5 * DAY, MAY + 5 * DAY + 30)
     now = MAY + 8 * DAY
     # the ledger begins with the month of the first row (the job started on April 30)
-    assert fold(db, "UTC", now, max_days=1).days == ["2026-04-01"]
-    assert fold(db, "UTC", now, max_days=29).days[-1] == "2026-04-30"
-    assert fold(db, "UTC", now, max_days=1).days == ["2026-05-01"]
+    assert fold(db, "UTC", now, max_pieces=1).days == ["2026-04-01"]
+    assert fold(db, "UTC", now, max_pieces=29).days[-1] == "2026-04-30"
+    assert fold(db, "UTC", now, max_pieces=1).days == ["2026-05-01"]
     # the request still open on May 4 holds the ledger before its day
     assert fold(db, "UTC", now).days == ["2026-05-02", "2026-05-03"]
     assert cursor(db, "UTC") == MAY + 3 * DAY
@@ -127,9 +127,19 @@ def test_a_day_is_folded_once_and_only_when_closed(rows: Rows, engine: Any, home
     rows.conn.execute(
         "UPDATE requests SET ended_at = ?, outcome = 'ok', status = 200 WHERE id = ?", (now - 1, open_id)
     )
-    # a day is folded only MARGIN after its end
-    assert fold(db, "UTC", MAY + 7 * DAY + L.MARGIN - 1).days[-1] == "2026-05-06"
-    assert fold(db, "UTC", MAY + 7 * DAY + L.MARGIN).days == ["2026-05-07"]
+    # the open day is folded up to its last whole hour that ended MARGIN ago, its last piece
+    # only MARGIN after its end
+    result = fold(db, "UTC", MAY + 7 * DAY + L.MARGIN - 1)
+    assert result.days == ["2026-05-04", "2026-05-05", "2026-05-06", "2026-05-07"]
+    assert [(p.start, p.end) for p in result.pieces][-2:] == [
+        (MAY + 5 * DAY, MAY + 6 * DAY),
+        (MAY + 6 * DAY, MAY + 7 * DAY - L.HOUR),
+    ]
+    assert cursor(db, "UTC") == MAY + 7 * DAY - L.HOUR
+    result = fold(db, "UTC", MAY + 7 * DAY + L.MARGIN)
+    assert [(p.day, p.start, p.end) for p in result.pieces] == [
+        ("2026-05-07", MAY + 7 * DAY - L.HOUR, MAY + 7 * DAY)
+    ]
     assert cursor(db, "UTC") == MAY + 7 * DAY
     assert_same_as_reference(home, engine, "UTC")
     # the chart's days, and the service's sorted durations (the open one closed at now - 1)
@@ -137,6 +147,93 @@ def test_a_day_is_folded_once_and_only_when_closed(rows: Rows, engine: Any, home
     assert days == [("2026-05-01", 1), ("2026-05-04", 1), ("2026-05-06", 1)]
     blob = rows.conn.execute("SELECT durations FROM ledger_services WHERE month = '2026-05'").fetchone()[0]
     assert list(R.unpack(blob)) == [30.0, 100.0, now - 1 - (MAY + 3 * DAY + 10)]
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
+def test_a_day_folded_in_pieces_gives_the_report_of_the_rows(
+    rows: Rows, engine: Any, home: Path, tz: str
+) -> None:
+    """The open day folded hour by hour (requests and jobs across the pieces' ends, a late
+    row, a request left open for hours) reports as the rows alone, and as the day folded whole."""
+    closed_month(rows, 31)
+    db = home / "saia.db"
+    d = MAY + 9 * DAY  # a UTC day; in Kolkata it straddles two local days (midnight at 18:30 UTC)
+    j = rows.job("svc-a", d - 5000, d + 7.3 * L.HOUR, ready=d - 4000, gpus=2)
+    k = rows.job("svc-b", d + 2.2 * L.HOUR, d + 30 * L.HOUR, ready=d + 2.3 * L.HOUR, gpus=1)
+    for h in range(1, 24):  # in flight across every whole hour, on the job running then
+        job, svc = (j, "svc-a") if h < 7 else (k, "svc-b")
+        rows.request(f"user{h % 5}", svc, job, d + h * L.HOUR - 200.5, d + h * L.HOUR + 333.25, tin=h)
+    rows.request("user7", "svc-a", j, d + 600, d + 3 * L.HOUR + 17)  # across three pieces
+    rows.request("user8", "svc-b", k, d + 2.5 * L.HOUR, d + 9.75 * L.HOUR)  # long (> LONG_REQUEST)
+    held = 0
+
+    def same_as_the_rows() -> None:
+        for kw in FILTERS:
+            got = monthly_report(engine, "2026-05", tz=tz, now=NOW, **kw).data
+            want = monthly_report(engine, "2026-05", tz=tz, now=NOW, use_ledger=False, **kw).data
+            assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), kw
+
+    fold(db, tz, d + L.MARGIN)  # the days before, whole
+    pieces: list[L.Piece] = []
+    for h in range(1, 26):
+        now = d + h * L.HOUR + L.MARGIN + (0.0 if h % 3 else 1234.5)
+        if h == 6:  # a row written late into a piece already folded: the next fold rewinds
+            rows.request("late-user", "svc-a", j, d + 2 * L.HOUR + 10, d + 2 * L.HOUR + 70)
+            same_as_the_rows()
+        if h == 10:  # a request left open holds the fold at its start
+            held = rows.request("user9", "svc-b", k, d + 10.5 * L.HOUR, None)
+        if h == 13:
+            rows.conn.execute(
+                "UPDATE requests SET ended_at = ?, outcome = 'ok', status = 200 WHERE id = ?",
+                (d + 12.25 * L.HOUR, held),
+            )
+        result = fold(db, tz, now)
+        if h == 6:
+            assert result.rewound == ["2026-05"]
+        pieces += result.pieces
+        at = cursor(db, tz)
+        assert at is not None
+        if 10 <= h < 13:
+            assert at <= d + 10.5 * L.HOUR
+        else:
+            assert now - L.MARGIN - L.HOUR < at <= now - L.MARGIN
+        same_as_the_rows()
+    # several pieces of one local day, and ends that are neither a whole hour nor midnight never
+    in_day = [p for p in pieces if p.day == "2026-05-10"]
+    assert len(in_day) > 5
+    assert all(
+        p.end % L.HOUR == 0 or p.end in dict(month_window("2026-05", tz).days).values() for p in pieces
+    )
+    fold(db, tz, NOW)
+    assert_same_as_reference(home, engine, tz)
+    by_pieces = {m: monthly_report(engine, m, tz=tz, now=NOW).data for m in ("2026-05", "2026-06")}
+    ledger_days = rows.conn.execute("SELECT * FROM ledger_days ORDER BY 1, 2, 3, 4").fetchall()
+    # the same days folded whole: the same report, the same chart rows
+    rows.conn.execute("DELETE FROM ledger_cursors")
+    for t in L.LEDGER_TABLES:
+        rows.conn.execute(f"DELETE FROM {t}")
+    whole = fold(db, tz, NOW)
+    assert len(whole.pieces) == len(whole.days)  # up to the last day, which ends at NOW
+    assert rows.conn.execute("SELECT * FROM ledger_days ORDER BY 1, 2, 3, 4").fetchall() == ledger_days
+    for m, data in by_pieces.items():
+        assert monthly_report(engine, m, tz=tz, now=NOW).data == data
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata", "Europe/Berlin"])
+def test_a_fold_leaves_a_tail_of_at_most_an_hour_and_margin(rows: Rows, home: Path, tz: str) -> None:
+    db = home / "saia.db"
+    rng = random.Random(5)
+    for _ in range(200):
+        start = MAY + rng.uniform(0, 12 * DAY)
+        rows.request(f"user{rng.randint(0, 5)}", "svc-c", None, start, start + rng.uniform(0, 100))
+    now = MAY + 3 * DAY
+    while now < MAY + 12 * DAY:
+        fold(db, tz, now)
+        at = cursor(db, tz)
+        assert at is not None and now - L.MARGIN - L.HOUR < at <= now - L.MARGIN, (now, at)
+        now += rng.uniform(60, 4 * L.HOUR)
+    # nothing more is due until the next whole hour (or local midnight) is MARGIN old
+    assert fold(db, tz, now).pieces and fold(db, tz, now).pieces == []
 
 
 def test_a_failed_fold_writes_nothing_and_a_raced_fold_counts_once(
@@ -168,7 +265,7 @@ def test_a_failed_fold_writes_nothing_and_a_raced_fold_counts_once(
         found = real_scan(*args)
         if not raced:
             raced.append(True)
-            t = threading.Thread(target=lambda: other.append(fold(db, "UTC", NOW, max_days=3)))
+            t = threading.Thread(target=lambda: other.append(fold(db, "UTC", NOW, max_pieces=3)))
             t.start()
             t.join()
         return found
@@ -212,7 +309,7 @@ def test_pruned_months_report_the_same_from_the_ledger(
     r = cli("db", "ledger")
     assert r.exit_code == 0, r.stderr
     assert "folded " in r.stdout and "2026-07-14" in r.stdout
-    assert "no closed day left" in cli("db", "ledger").stdout
+    assert "nothing due to fold" in cli("db", "ledger").stdout
     args = [
         ("report", "--month", m, "--format", "json", *v)
         for m in ("2026-04", "2026-05")
@@ -228,13 +325,13 @@ def test_pruned_months_report_the_same_from_the_ledger(
     rows.conn.execute("DELETE FROM ledger_cursors")
     for t in L.LEDGER_TABLES:
         rows.conn.execute(f"DELETE FROM {t}")
-    assert "2026-04-01 to 2026-07-13" in cli("db", "ledger").stdout
+    assert "2026-04-01 to 2026-07-14" in cli("db", "ledger").stdout  # the 14th up to 23:00
     months = {m for t in L.LEDGER_TABLES for (m,) in rows.conn.execute(f"SELECT DISTINCT month FROM {t}")}
     assert months == {"2026-06"}
     assert {a: cli(*a).stdout for a in args} == before
 
 
-def test_the_tick_folds_one_day_per_tick(rows: Rows, engine: Any, settings: Any) -> None:
+def test_the_tick_folds_one_piece_per_tick(rows: Rows, engine: Any, settings: Any) -> None:
     from saia_ctl.scheduler.tick import run_tick
     from saia_ctl.slurm_fake import FakeSlurm
 
@@ -253,7 +350,16 @@ def test_the_tick_folds_one_day_per_tick(rows: Rows, engine: Any, settings: Any)
         )
         summaries.append(res.summary)
     folded = [line for s in summaries for line in s.splitlines() if "ledger" in line]
-    assert folded == [f"accounting: folded 2026-05-0{d} into the ledger" for d in (1, 2, 3)]
+    assert folded == [
+        f"accounting: folded 2026-05-0{d} into the ledger, up to 2026-05-0{d + 1}T00:00:00.000Z"
+        for d in (1, 2, 3)
+    ]
+    # the open day, an hour later: its first whole hour
+    now[0] += L.HOUR
+    res = run_tick(
+        engine, settings, FakeSlurm(lambda: now[0]), clock=lambda: now[0], watch=False, prober=lambda *a: {}
+    )
+    assert "accounting: folded 2026-05-04 into the ledger, up to 2026-05-04T01:00:00.000Z" in res.summary
 
     # A fold that fails is a line in the tick log; the tick itself does not fail.
     rows.conn.execute("DROP TABLE ledger_cursors")
@@ -385,7 +491,7 @@ def test_long_computations_report_their_progress(
         (MAY, JUNE),
     ).fetchone()[0]
     assert calls[-1] == (ok, ok)
-    # the fold: days folded out of the days due
+    # the fold: pieces folded out of the pieces due
     calls = []
     conn = sqlite3.connect(home / "saia.db", isolation_level=None)
     try:
@@ -393,7 +499,7 @@ def test_long_computations_report_their_progress(
     finally:
         conn.close()
     increasing_to_the_total(calls)
-    assert calls[-1][0] == len(result.days) == 50  # April and 20 days of May
+    assert calls[-1][0] == len(result.pieces) == 51  # April, 20 days of May, May 21 up to 11:00
     # the prune: months rolled up and pruned out of the months before the cut
     calls = []
     prune(engine, "2026-06", "UTC", NOW, progress=lambda d, t: calls.append((d, t)))
@@ -422,7 +528,7 @@ def test_the_long_commands_show_a_bar_on_a_terminal_only(
     assert "[#" not in piped.stderr + piped.stdout
     r = cli("db", "ledger")
     assert r.exit_code == 0 and "folded" in r.stdout
-    assert "folding days" not in r.stdout + r.stderr and "[#" not in r.stdout + r.stderr
+    assert "folding into" not in r.stdout + r.stderr and "[#" not in r.stdout + r.stderr
 
     # stderr on a terminal: a bar there (stdout, piped, still gets only the result)
     def on_a_terminal(*args: str) -> tuple[str, str]:
@@ -456,7 +562,7 @@ def test_the_long_commands_show_a_bar_on_a_terminal_only(
     for t in L.LEDGER_TABLES:
         rows.conn.execute(f"DELETE FROM {t}")
     out, err = on_a_terminal("db", "ledger")
-    assert "folding days into the ledger" in err and "100%" in err
+    assert "folding into the ledger" in err and "100%" in err
     assert "folded" in out and "[#" not in out
     # a zone the ledger does not keep: the report scans the month's rows
     out, err = on_a_terminal("report", "--month", "2026-05", "--tz", "Asia/Kolkata", "--no-files")

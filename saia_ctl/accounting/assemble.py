@@ -1,4 +1,4 @@
-"""A month's figures: the ledger's folded days plus a scan of the rest of the month.
+"""A month's figures: the ledger's folded part plus a scan of the rest of the month.
 
 The folded part ``[start of month, cursor)`` is read from the ledger tables
 (``ledger``); the rest, ``[cursor, end of month)``, is scanned from the rows
@@ -44,7 +44,7 @@ def assemble(
     at = read_cursor(conn, window.tz) if use_ledger else None
     c = a if at is None else min(max(at.folded_to, a), b)  # [a, c) is folded, [c, b) is scanned
     if at is not None and c > a and conn.execute(LATE_IN_SQL, (at.max_id, a, c)).fetchone():
-        c = a  # rows came late into the folded days (the next fold rewinds): scan them all
+        c = a  # rows came late into the folded part (the next fold rewinds): scan them all
     key = (window.tz, window.month)
     tail = scan(conn, window, c, b, now, progress) if c < b else Span()
     folded = c > a

@@ -1,15 +1,15 @@
-"""The accounting ledger: each month's figures, kept up to date one closed day at a time.
+"""The accounting ledger: each month's figures, kept up to date a piece of a day at a time.
 
 A month's report needs every request of the month, and reading a million rows
-into Python takes longer than the report may. So a day that is over (and has
+into Python takes longer than the report may. So time that is over (and has
 no request still open) is *folded* once into small per-month tables: counters
 per user and per service, each with all its durations and times to first byte
 as one sorted run (``sorted_runs``); per service the GPU time attributed to
 each user, and its requests per day; per job its idle GPU time. A report
-(``assemble``) reads those tables for the folded days of its month and scans
-the rows only for the rest (the *tail*: today, or a month nobody folded yet)
-with the same code the fold uses (``scan``), so the figures are the same
-whichever way they were made.
+(``assemble``) reads those tables for the folded part of its month and scans
+the rows only for the rest (the *tail*: the last hour or so, or a month nobody
+folded yet) with the same code the fold uses (``scan``), so the figures are
+the same whichever way they were made.
 
 What adds up exactly, and why: counters are integers; durations are kept whole
 (nearest-rank percentiles are picked from the union of sorted runs, never
@@ -20,17 +20,25 @@ user's unrounded GPU seconds may differ in the last binary digit from a single
 pass over the month; the report rounds to thousandths of a GPU-hour.
 
 The ledger keeps one zone's days (``SAIA_ACCOUNTING_TZ``, a cursor per zone):
-everything before the cursor is folded. A day is folded when it ended at least
-``MARGIN`` seconds ago and no request that started before its end is open.
-A fold is one short write transaction that checks and moves the cursor, so two
-folds at once, or a fold killed half-way, never count a day twice. The cursor
-also keeps the highest request id seen: a row with a higher id that started
-before the cursor came late (a backfill); reports then scan its month, and the
-next fold rewinds the ledger to that month and folds it again.
+everything before the cursor is folded. The fold goes in *pieces*: the next one
+starts at the cursor and ends at the latest point that is at most the end of
+the cursor's local day, at most the watermark (``MARGIN`` seconds ago, and no
+later than the start of the oldest request still open), and a whole epoch hour
+or that day's end. So a closed day is folded whole in one piece and the open
+day up to its last due whole hour: the tail is at most about an hour plus
+``MARGIN`` long (unless a request stays open). Every table adds a piece to what
+its month has (counters and days add up, sorted runs are merged), so a day
+folded in pieces is the day folded whole. A piece is folded in one short write
+transaction that checks and moves the cursor, so two folds at once, or a fold
+killed half-way, never count a piece twice. The cursor also keeps the highest
+request id seen: a row with a higher id that started before the cursor came
+late (a backfill); reports then scan its month, and the next fold rewinds the
+ledger to that month and folds it again.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections import defaultdict
@@ -39,7 +47,7 @@ from dataclasses import dataclass, field
 from ..rawdb import deferred, immediate
 from . import shares
 from .figures import COUNT_FIELDS
-from .months import month_window
+from .months import Window, month_window
 from .row_sql import CURSOR_SQL, JOB_START_SQL
 from .scan import Progress, Span, scan
 from .sorted_runs import pack, unpack
@@ -73,7 +81,7 @@ def _scalar(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) ->
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where the ledger of a zone stands: the days before ``folded_to`` are folded, from the
+    """Where the ledger of a zone stands: the time before ``folded_to`` is folded, from the
     request rows up to id ``max_id`` (a row with a higher id arrived after; if it started
     before ``folded_to``, it came late and the ledger must be rewound to fold it in)."""
 
@@ -87,13 +95,13 @@ def read_cursor(conn: sqlite3.Connection, tz: str) -> Cursor | None:
 
 
 def cursor(conn: sqlite3.Connection, tz: str) -> float | None:
-    """Up to where the days of zone ``tz`` are folded (None: not begun)."""
+    """Up to where zone ``tz`` is folded (None: not begun)."""
     c = read_cursor(conn, tz)
     return None if c is None else c.folded_to
 
 
 def _watermark(conn: sqlite3.Connection, now: float) -> float:
-    """Days ending at or before this can be folded."""
+    """Pieces ending at or before this can be folded."""
     oldest_open = _scalar(conn, _OPEN_SQL)
     w = now - MARGIN
     return w if oldest_open is None else min(w, float(oldest_open))
@@ -107,53 +115,69 @@ def _start(conn: sqlite3.Connection, tz: str, at: float | None) -> float | None:
     return None if first is None else month_window(month_of(float(first), tz), tz).start
 
 
+# The open day is folded in pieces that end on whole epoch hours (or at the day's end), so
+# the unfolded tail a report or a usage answer scans is at most about an hour plus MARGIN.
+HOUR = 3600.0
+
+
 @dataclass(frozen=True)
-class DueDay:
+class Piece:
+    """A span [start, end) of one local day of ``month``, to fold (or folded) in one step."""
+
     month: str
     day: str
     start: float
     end: float
 
 
-def next_day(conn: sqlite3.Connection, tz: str, at: float | None, now: float) -> DueDay | None:
-    """The day of zone ``tz`` that starts at the cursor ``at``, if it may be folded now."""
-    at = _start(conn, tz, at)
-    if at is None:
-        return None
-    w = month_window(month_of(at, tz), tz)
+def _piece_in(w: Window, at: float, upto: float) -> Piece | None:
+    """The piece of window ``w`` that starts at ``at``: up to the end of its local day if that
+    is at most ``upto``, else up to the last whole epoch hour at most ``upto`` (None: empty)."""
     bounds = [*w.day_starts[1:], w.end]
     for (day, a), b in zip(w.days, bounds, strict=True):
         if a <= at < b:
-            if b > now - MARGIN or b > _watermark(conn, now):
-                return None
-            return DueDay(w.month, day, a, b)
-    return None  # not reached: the cursor is always a local midnight of its month
+            end = b if b <= upto else math.floor(upto / HOUR) * HOUR
+            return Piece(w.month, day, at, end) if end > at else None
+    return None  # not reached: the cursor is always inside its month
 
 
-def days_due(conn: sqlite3.Connection, tz: str, now: float) -> int:
-    """How many days a fold at ``now`` would fold (rewinds for late rows aside)."""
+def next_piece(conn: sqlite3.Connection, tz: str, at: float | None, now: float) -> Piece | None:
+    """The piece of zone ``tz`` that starts at the cursor ``at``, if one may be folded now."""
+    at = _start(conn, tz, at)
+    if at is None:
+        return None
+    return _piece_in(month_window(month_of(at, tz), tz), at, _watermark(conn, now))
+
+
+def pieces_due(conn: sqlite3.Connection, tz: str, now: float) -> int:
+    """How many pieces a fold at ``now`` would fold (rewinds for late rows aside)."""
     with deferred(conn):
         seen = read_cursor(conn, tz)
         at = _start(conn, tz, None if seen is None else seen.folded_to)
         if at is None:
             return 0
-        upto = min(now - MARGIN, _watermark(conn, now))
+        upto = _watermark(conn, now)
         n = 0
-        while True:
-            w = month_window(month_of(at, tz), tz)
-            ends = [*w.day_starts[1:], w.end]
-            n += sum(1 for (_, a), b in zip(w.days, ends, strict=True) if a >= at and b <= upto)
-            if w.end > upto:
-                return n
-            at = w.end
+        w = month_window(month_of(at, tz), tz)
+        while (p := _piece_in(w, at, upto)) is not None:
+            n += 1
+            at = p.end
+            if at >= w.end:
+                w = month_window(month_of(at, tz), tz)
+        return n
 
 
 @dataclass
 class FoldResult:
-    days: list[str] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)  # folded, in order (a day may take several)
     rewound: list[str] = field(default_factory=list)  # months refolded for rows that came late
     seconds: float = 0.0  # wall time
     writes: list[float] = field(default_factory=list)  # each step's write transaction (seconds)
+
+    @property
+    def days(self) -> list[str]:
+        """The local days the pieces folded were of, in order, each once."""
+        return list(dict.fromkeys(p.day for p in self.pieces))
 
 
 if TYPE_CHECKING:
@@ -162,12 +186,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Step:
-    """One fold step, prepared in a read transaction: fold a day, or rewind for late rows."""
+    """One fold step, prepared in a read transaction: fold a piece, or rewind for late rows."""
 
     seen: Cursor | None
     new: Cursor
     statements: Statements
-    day: str | None = None
+    piece: Piece | None = None
     rewind_month: str | None = None
 
 
@@ -183,24 +207,25 @@ def fold(
     tz: str,
     now: float,
     *,
-    max_days: int | None = None,
+    max_pieces: int | None = None,
     progress: Progress | None = None,
 ) -> FoldResult:
-    """Fold the due days of zone ``tz`` (at most ``max_days``).
+    """Fold the due pieces of zone ``tz`` (at most ``max_pieces``): each closed day whole, and
+    the open day up to its last due whole hour.
 
-    ``conn`` is a plain sqlite3 connection in autocommit mode (isolation_level None): each day
-    is scanned in a read transaction and written in one short BEGIN IMMEDIATE transaction,
-    which first checks that the cursor is still where the scan saw it. ``progress`` gets
-    (days folded, days to fold).
+    ``conn`` is a plain sqlite3 connection in autocommit mode (isolation_level None): each
+    piece is scanned in a read transaction and written in one short BEGIN IMMEDIATE
+    transaction, which first checks that the cursor is still where the scan saw it.
+    ``progress`` gets (pieces folded, pieces to fold).
     """
     result = FoldResult()
     t0 = time.monotonic()
     total = 0
     if progress is not None:
-        total = days_due(conn, tz, now)
-        if max_days is not None:
-            total = min(total, max_days)
-    while max_days is None or len(result.days) < max_days:
+        total = pieces_due(conn, tz, now)
+        if max_pieces is not None:
+            total = min(total, max_pieces)
+    while max_pieces is None or len(result.pieces) < max_pieces:
         step = _scan_next(conn, tz, now)
         if step is None:
             break
@@ -213,19 +238,19 @@ def fold(
         if moved:  # another fold moved it meanwhile (nothing written): look again
             continue
         result.writes.append(time.monotonic() - t1)
-        if step.day is not None:
-            result.days.append(step.day)
+        if step.piece is not None:
+            result.pieces.append(step.piece)
             if progress is not None:
-                total = max(total, len(result.days))
-                progress(len(result.days), total)
+                total = max(total, len(result.pieces))
+                progress(len(result.pieces), total)
         if step.rewind_month is not None:
             result.rewound.append(step.rewind_month)
             if result.rewound.count(step.rewind_month) > 1:
                 break  # rows keep arriving late: leave it to the next fold
-            if progress is not None:  # the rewound month's days are to fold again
-                total = len(result.days) + days_due(conn, tz, now)
-                if max_days is not None:
-                    total = min(total, max_days)
+            if progress is not None:  # the rewound month's pieces are to fold again
+                total = len(result.pieces) + pieces_due(conn, tz, now)
+                if max_pieces is not None:
+                    total = min(total, max_pieces)
     result.seconds = time.monotonic() - t0
     return result
 
@@ -234,8 +259,8 @@ def _scan_next(conn: sqlite3.Connection, tz: str, now: float) -> _Step | None:
     """The next step and its writes, read in one read transaction (one snapshot)."""
     with deferred(conn):
         seen = read_cursor(conn, tz)
-        due = next_day(conn, tz, None if seen is None else seen.folded_to, now)
-        if due is None:  # nothing due (rows that came late wait for the next due day)
+        due = next_piece(conn, tz, None if seen is None else seen.folded_to, now)
+        if due is None:  # nothing due (rows that came late wait for the next due piece)
             return None
         max_id = int(_scalar(conn, "SELECT IFNULL(MAX(id), 0) FROM requests"))
         if seen is not None:
@@ -248,7 +273,7 @@ def _scan_next(conn: sqlite3.Connection, tz: str, now: float) -> _Step | None:
                     for table in LEDGER_TABLES
                 ]
                 return _Step(seen, Cursor(start, max_id), deletes, rewind_month=month)
-        step = _Step(seen, Cursor(due.end, max_id), [], day=due.day)
+        step = _Step(seen, Cursor(due.end, max_id), [], piece=due)
         rolled_up = "SELECT 1 FROM rollup_months WHERE month = ? AND tz = ?"
         if not conn.execute(rolled_up, (due.month, tz)).fetchone():  # pruned: its rollup answers
             span = scan(conn, month_window(due.month, tz), due.start, due.end, now)
@@ -263,14 +288,14 @@ def drop_month(conn: sqlite3.Connection, tz: str, month: str) -> None:
 
 
 def fold_engine(
-    engine: Engine, tz: str, now: float, *, max_days: int | None = None, progress: Progress | None = None
+    engine: Engine, tz: str, now: float, *, max_pieces: int | None = None, progress: Progress | None = None
 ) -> FoldResult:
     """``fold`` on a connection of ``engine`` (the tick and `saia-ctl db ledger`)."""
     raw = engine.raw_connection()
     try:
         conn = raw.driver_connection
         assert isinstance(conn, sqlite3.Connection)
-        return fold(conn, tz, now, max_days=max_days, progress=progress)
+        return fold(conn, tz, now, max_pieces=max_pieces, progress=progress)
     finally:
         raw.close()
 
@@ -288,7 +313,7 @@ def _level_rows(
     counts: dict[str, list[int]],
     lat: dict[str, tuple[list[float], list[float]]],
 ) -> tuple[str, list[tuple[Any, ...]]]:
-    """The upsert adding a day's counters to the users' (or services') rows, durations merged in."""
+    """The upsert adding a piece's counters to the users' (or services') rows, durations merged in."""
     ids = sorted(counts)
     old: dict[str, tuple[bytes, bytes]] = {}
     for i in range(0, len(ids), 500):
@@ -316,7 +341,7 @@ def _level_rows(
     return sql, rows
 
 
-def _prepare(conn: sqlite3.Connection, tz: str, due: DueDay, span: Span) -> Statements:
+def _prepare(conn: sqlite3.Connection, tz: str, due: Piece, span: Span) -> Statements:
     """The writes that fold ``span`` into the ledger, computed in the read transaction (the
     write transaction then only runs them: merging durations holds no lock)."""
     key = (tz, due.month)
@@ -326,7 +351,8 @@ def _prepare(conn: sqlite3.Connection, tz: str, due: DueDay, span: Span) -> Stat
     out.append(_gpu_rows(conn, key, span.gpu))
     out.append(
         (
-            "INSERT INTO ledger_days (tz, month, service_id, day, requests) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO ledger_days (tz, month, service_id, day, requests) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (tz, month, service_id, day) DO UPDATE SET requests = requests + excluded.requests",
             [(*key, sv, day, n) for (sv, day), n in sorted(span.days.items())],
         )
     )

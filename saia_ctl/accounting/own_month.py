@@ -5,12 +5,12 @@ The report makes the whole month (``assemble``); this reads only what the user's
 figures depend on, with the same code and in the same order, so the numbers are
 the same to the last digit:
 
-- requests and tokens: the user's ledger row for the folded days plus their rows
+- requests and tokens: the user's ledger row for the folded part plus their rows
   of the rest (the tail), through ``ix_requests_user_started``;
 - attributed GPU-hours: the report splits each service's rounded GPU total among
   all its users and its idle time by cumulative rounding (``shares``), so a user's
   share needs three sums of the service's split — of the keys before the user, the
-  user's own, of all: the ledger's stored values of the folded days (read without
+  user's own, of all: the ledger's stored values of the folded part (read without
   decoding the other users', ``shares.Folded``) plus the tail's attribution of that
   service's jobs (all their requests, not only the user's), and the service's job
   and idle time.

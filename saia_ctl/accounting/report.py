@@ -51,7 +51,7 @@ def month_figures(
     progress: Progress | None = None,
 ) -> Figures:
     """The month's figures: from the rollups if the month was rolled up, else from the ledger's
-    folded days and the rows of the rest (``assemble``; ``progress`` follows that scan)."""
+    folded part and the rows of the rest (``assemble``; ``progress`` follows that scan)."""
     if F.has_rollup(session, window):
         return F.load(session, window)
     mark = F.pruned_before(session)

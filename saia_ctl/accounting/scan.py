@@ -1,6 +1,6 @@
 """One scan of the request and job rows: the figures of [lo, hi) that add up across spans.
 
-The fold (``ledger``) scans a closed day with it and keeps the result; a report
+The fold (``ledger``) scans a piece of a day with it and keeps the result; a report
 (``assemble``) scans the rest of its month with the same code, so a figure is
 the same whichever way it was made.
 """

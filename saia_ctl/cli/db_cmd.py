@@ -76,10 +76,11 @@ def prune(
 @app.command("ledger")
 @common.command
 def ledger() -> None:
-    """Fold every closed day into the report ledger now (the tick folds one day per tick).
+    """Fold every due piece into the report ledger now (the tick folds one piece per tick).
 
-    A day is folded once it ended 15 minutes ago and none of its requests is still open;
-    a month's report reads the folded days and scans only the rows of the rest.
+    A closed day is folded whole, the open day up to its last whole hour that ended 15
+    minutes ago, never past a request still open; a month's report reads the folded part
+    and scans only the rows of the rest.
     """
     import time
 
@@ -91,15 +92,16 @@ def ledger() -> None:
 
     tz = common.settings().accounting_tz
     engine = common.engine()
-    with shown("folding days into the ledger") as progress:
+    with shown("folding into the ledger") as progress:
         result = fold_engine(engine, tz, time.time(), progress=progress)
     with read_session(engine) as s:
         at = cursor(dbapi(s), tz)
     upto = f"folded up to {iso_utc(at)} ({tz})" if at is not None else "nothing to fold yet"
-    if result.days:
+    days = result.days
+    if days:
         common.echo(
-            f"folded {len(result.days)} day(s), {result.days[0]} to {result.days[-1]}, in {result.seconds:.1f} s"
-            f" (longest write {max(result.writes) * 1000:.0f} ms); {upto}"
+            f"folded {len(result.pieces)} piece(s) of {len(days)} day(s), {days[0]} to {days[-1]},"
+            f" in {result.seconds:.1f} s (longest write {max(result.writes) * 1000:.0f} ms); {upto}"
         )
     else:
-        common.echo(f"no closed day left to fold; {upto}")
+        common.echo(f"nothing due to fold; {upto}")

@@ -88,18 +88,20 @@ def _describe(plan: Plan, dead: int, outcome_actions: list[Action]) -> list[str]
 
 
 def _fold_ledger(engine: Engine, settings: Settings, now: float) -> list[str]:
-    """Fold at most one closed day into the accounting ledger (its own short transactions).
+    """Fold at most one due piece (a closed day, or the open day up to a whole hour) into the
+    accounting ledger (its own short transactions).
 
     Accounting never stops scheduling: a failure is a line in the tick log, and the
     next tick tries again.
     """
     from ..accounting.ledger import fold_engine
+    from ..accounting.zones import iso_utc
 
     try:
-        result = fold_engine(engine, settings.accounting_tz, now, max_days=1)
+        result = fold_engine(engine, settings.accounting_tz, now, max_pieces=1)
     except Exception as e:
         return _failure_lines("accounting ledger not folded", e)
-    lines = [f"accounting: folded {day} into the ledger" for day in result.days]
+    lines = [f"accounting: folded {p.day} into the ledger, up to {iso_utc(p.end)}" for p in result.pieces]
     return lines + _refresh_gpu_figures(engine, settings, now)
 
 
