@@ -24,7 +24,7 @@ from saia_ctl.accounting.render import render
 from saia_ctl.accounting.report import build, monthly_report
 from saia_ctl.accounting.scan import days_in
 from tests.support.accounting import JUNE, MAY, NOW, Rows, cli, random_month
-from tests.test_accounting_fast import reference_figures
+from tests.support.accounting_oracle import reference_figures
 
 DAY = 86400.0
 FILTERS: list[dict[str, Any]] = [
