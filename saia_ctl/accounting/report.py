@@ -187,12 +187,12 @@ def build(
                 **_usage_cols(cell),
                 "jobs": g.jobs,
                 "jobs_open": g.jobs_open,
-                "job_hours": _hours(round(g.job_seconds / 3.6)),
+                "job_hours": _hours(milli_gpu_hours(g.job_seconds)),
                 "gpu_hours": _hours(total),
                 "attributed_gpu_hours": _hours(total - idle),
                 "idle_gpu_hours": _hours(idle),
-                "idle_ready_gpu_hours": _hours(round(g.idle_ready_gpu_seconds / 3.6)),
-                "ready_hours": _hours(round(g.ready_seconds / 3.6)),
+                "idle_ready_gpu_hours": _hours(milli_gpu_hours(g.idle_ready_gpu_seconds)),
+                "ready_hours": _hours(milli_gpu_hours(g.ready_seconds)),
                 "submit_to_ready_median_s": _secs(g.submit_to_ready_median),
             }
         )

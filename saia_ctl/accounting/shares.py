@@ -27,7 +27,6 @@ from .. import cjson
 
 IDLE = ""  # key of the idle share in a service's split (no user id is empty)
 NS_PER_SECOND = 1_000_000_000
-NS_PER_MILLI_GPU_HOUR = 3_600_000_000  # a thousandth of a GPU-hour: 3.6 GPU-seconds
 
 
 def to_ns(seconds: float) -> int:
@@ -35,9 +34,10 @@ def to_ns(seconds: float) -> int:
     return round(seconds * NS_PER_SECOND)
 
 
-def milli_gpu_hours(gpu_seconds: float) -> int:
-    """A service's GPU total as the report shows it: thousandths of a GPU-hour."""
-    return round(gpu_seconds / 3.6)
+def milli_gpu_hours(seconds: float) -> int:
+    """Seconds (of GPU time, or of a job's or a service's time) as the report shows them:
+    whole thousandths of an hour."""
+    return round(seconds / 3.6)
 
 
 def order_key(key: str) -> str:
