@@ -22,7 +22,7 @@ Two months, each generated fresh:
   the month's first day: the month so far.)
 
     .venv/bin/python bench/usage.py --per-month 100000 --calls 20   # quick
-    .venv/bin/python bench/usage.py [--month so-far|month-end|both] [--json]
+    .venv/bin/python bench/usage.py [--month so-far|month-end|both] [--longest-tail] [--json]
 """
 
 from __future__ import annotations
@@ -104,7 +104,13 @@ def make_month(home: Path, which: str, args: argparse.Namespace) -> int:
             conn.execute("DELETE FROM requests WHERE started_at > ?", (now,))
             conn.execute("UPDATE jobs SET ended_at = NULL, state = 'ready' WHERE ended_at > ?", (now,))
         so_far: int = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
-    ledger.fold_engine(engine_for(Settings(home=str(home), environ={})), "UTC", now)
+    # --longest-tail: folded as a tick an hour ago left it, so the unfolded tail is 1 h 15 min
+    # to 2 h 15 min long: longer than the tick ever leaves it, whatever the minute of the run
+    at = now - HOUR if args.longest_tail else now
+    ledger.fold_engine(engine_for(Settings(home=str(home), environ={})), "UTC", at)
+    with sqlite3.connect(db) as conn:
+        (cursor,) = conn.execute("SELECT folded_to FROM ledger_cursors WHERE tz = 'UTC'").fetchone()
+    print(f"  {which}: folded up to {(now - cursor) / 60:.0f} minutes before now")
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO limits VALUES ('default', '', '', 'requests_day', 1000)")
         conn.execute("INSERT INTO limits VALUES ('default', '', '', 'tokens_month', 10000000)")
@@ -174,6 +180,11 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=20)
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--month", choices=("so-far", "month-end", "both"), default="both")
+    ap.add_argument(
+        "--longest-tail",
+        action="store_true",
+        help="fold as an hour ago: a longer unfolded tail than the tick leaves",
+    )
     ap.add_argument("--json", action="store_true", help="print the figures as a JSON line last (bench/run)")
     args = ap.parse_args()
     figures: list[Figure] = []
