@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO))
 
 from common import Figure, median, p95, report  # noqa: E402
 
+from tests.support.net import free_block  # noqa: E402
+
 SERVICE = "bench-llm"
 GOAL_MEDIAN_MS, GOAL_P95_MS = 30.0, 50.0
 
@@ -139,7 +141,7 @@ def prepare_home(home: Path, cluster: Any) -> None:
     from saia_ctl.migrate import upgrade
     from saia_ctl.settings import Settings
 
-    low = 40000 + (os.getpid() % 400) * 50
+    low = free_block()  # jobs' ports, outside the ephemeral range
     (home / "saia.conf").write_text(
         f"SAIA_JOB_PREFIX=bench{uuid.uuid4().hex[:6]}\nSAIA_PORT_RANGE={low}-{low + 49}\n"
         f"SAIA_SLURM_CONF={cluster.slurm_conf}\nSAIA_PYTHON={sys.executable}\n"

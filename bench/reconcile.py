@@ -43,6 +43,8 @@ from common import Figure, report
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from tests.support.net import free_block
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -113,7 +115,7 @@ def main() -> int:
     home = tmp / "home"
     home.mkdir()
     rng = random.Random(args.seed)
-    low = 41000 + (os.getpid() % 300) * 50
+    low = free_block()  # jobs' ports, outside the ephemeral range
     (home / "saia.conf").write_text(
         f"SAIA_JOB_PREFIX=brec{uuid.uuid4().hex[:6]}\nSAIA_PORT_RANGE={low}-{low + 49}\n"
         f"SAIA_SLURM_CONF={cluster.slurm_conf}\nSAIA_PYTHON={sys.executable}\n"

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.support.fixtures import service_config
+from tests.support.net import free_block
 from tests.support.paths import REPO
 from tests.support.wire import chat_body, command, parse_as_proxy, rows
 
@@ -148,7 +149,7 @@ def world(
     home = tmp_path_factory.mktemp("route-cluster") / "home"
     home.mkdir()
     shutil.copy(template_db, home / "saia.db")
-    low = 40000 + (os.getpid() % 200) * 50
+    low = free_block()  # a job's server binds all interfaces: outside the ephemeral range
     (home / "saia.conf").write_text(
         f"SAIA_JOB_PREFIX=r{uuid.uuid4().hex[:8]}\nSAIA_PORT_RANGE={low}-{low + 49}\n"
         f"SAIA_SLURM_CONF={cluster.slurm_conf}\nSAIA_PYTHON=/bin/true\n"  # no real tick: it would scale max-0 jobs down

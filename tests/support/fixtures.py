@@ -3,7 +3,6 @@ directory, its settings and engine, a controllable clock, service configs."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import pytest
 from saia_ctl.db import engine_for
 from saia_ctl.migrate import upgrade
 from saia_ctl.settings import Settings
+from tests.support.net import free_block
 from tests.support.paths import REPO
 
 __all__ = [
@@ -31,10 +31,6 @@ __all__ = [
     "template_db",
     "write_config",
 ]
-
-# Each test home gets its own block of ports, so jobs of parallel test
-# databases on the one real node never collide.
-_PORT_BLOCKS = itertools.count(0)
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +70,8 @@ def home(tmp_path: Path, template_db: Path) -> Iterator[Path]:
     h = tmp_path / "home"
     h.mkdir()
     shutil.copy(template_db, h / "saia.db")
-    # 50 ports per test home; the pid spreads parallel pytest processes apart.
-    low = 20000 + ((os.getpid() % 40) * 50 + next(_PORT_BLOCKS) % 50) * 50 % 40000
+    # 50 ports per test home, free now and below the ephemeral range (a real job binds them)
+    low = free_block()
     prefix = f"t{uuid.uuid4().hex[:8]}"
     lines = [f"SAIA_JOB_PREFIX={prefix}", f"SAIA_PORT_RANGE={low}-{low + 49}"]
     slurm_conf = os.environ.get("SLURM_CONF")
