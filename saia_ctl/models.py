@@ -403,7 +403,7 @@ class LedgerUser(_LedgerCounts, Base):
 
 
 class LedgerService(_LedgerCounts, Base):
-    """Folded counters of one service in a month, its sorted durations and its users' GPU time."""
+    """Folded counters of one service in a month, with all its sorted durations."""
 
     __tablename__ = "ledger_services"
 
@@ -412,10 +412,24 @@ class LedgerService(_LedgerCounts, Base):
     service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     durations: Mapped[bytes] = mapped_column(LargeBinary)  # of ok requests, sorted
     ttfbs: Mapped[bytes] = mapped_column(LargeBinary)  # times to first byte, sorted
-    # GPU time attributed to each user on this service's jobs (accounting/shares.py): the
-    # JSON-encoded user ids in split order, one per line, and their nanoseconds as int64
-    gpu_users: Mapped[str] = mapped_column(Text, server_default="")
-    gpu_ns: Mapped[bytes] = mapped_column(LargeBinary, server_default=text("X''"))
+
+
+class LedgerGpuBlock(Base):
+    """GPU time attributed to the users of a service in a month, in split order, in blocks of
+    consecutive users (accounting/shares.py): one user's share reads one block."""
+
+    __tablename__ = "ledger_gpu_blocks"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tz: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    first_key: Mapped[str] = mapped_column(Text, primary_key=True)  # its first user's JSON-encoded id
+    before_ns: Mapped[int] = mapped_column(Integer)  # the users' of the blocks before it, summed
+    # running sums of its users' ns, int64 little-endian (before ``keys``: the service's total
+    # is read from its last block without the ids)
+    running: Mapped[bytes] = mapped_column(LargeBinary)
+    keys: Mapped[str] = mapped_column(Text)  # its users' JSON-encoded ids, each line between newlines
 
 
 class LedgerDay(Base):

@@ -1,6 +1,6 @@
 """The split of a service's GPU total among its users and idle time (accounting/shares.py):
 cumulative rounding, checked against its definition in exact rationals, and one user's
-share read from the ledger's packed form without the others'."""
+sums read from one of the ledger's blocks without the others'."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import pytest
 
-from saia_ctl.accounting.shares import IDLE, Folded, pack, share, split, unpack
+from saia_ctl.accounting.shares import BLOCK, IDLE, before_and_own, pack, share, split, total_of, unpack
 
 ODD_IDS = [
     "a",
@@ -86,26 +86,35 @@ def test_exact_halves_round_up_whatever_the_size() -> None:
     assert split({IDLE: big, "a": big}, 3) == {IDLE: 2, "a": 1}
 
 
+def lookup(blocks: list[tuple[str, int, bytes, str]], key: str) -> tuple[int, int]:
+    """What own_month asks the table: the block whose first key is the last not after key's."""
+    enc = json.dumps(key)
+    held = [b for b in blocks if b[0] <= enc]
+    if not held:
+        return 0, 0
+    _, before, running, keys = held[-1]
+    return before_and_own(before, keys, running, key)
+
+
 @pytest.mark.parametrize("seed", range(30))
-def test_folded_reads_one_users_sums_without_the_others(seed: int) -> None:
+def test_one_users_sums_from_one_block_without_the_others(seed: int) -> None:
     rng = random.Random(seed)
     values = {u: v for u, v in random_values(rng).items() if u != IDLE}
-    keys, blob = pack(values)
-    assert unpack(keys, blob) == {u: v for u, v in values.items() if v}
-    folded = Folded(keys, blob)
-    assert folded.total() == sum(values.values())
-    for u in [*rng.sample(sorted(values), 6), "absent", "user", "zzz", "", *ODD_IDS]:
+    for _ in range(rng.choice([0, 300])):  # more than one block
+        values[f"bulk{rng.randint(0, 10**6):07d}"] = rng.randint(1, 10**12)
+    packed = [(first, before, running, keys) for first, before, keys, running in pack(values)]
+    assert len(packed) == -(-sum(1 for v in values.values() if v) // BLOCK)
+    assert [first for first, *_ in packed] == sorted(first for first, *_ in packed)  # the table's order
+    assert unpack([(keys, running) for _, _, running, keys in packed]) == {
+        u: v for u, v in values.items() if v
+    }
+    last = packed[-1]
+    assert total_of(last[1], last[2]) == sum(values.values())
+    for u in [*rng.sample(sorted(values), 6), "absent", "user", "zzz", "", "bulk", *ODD_IDS]:
         before = sum(v for k, v in values.items() if json.dumps(k) < json.dumps(u))
-        own = values.get(u, 0)
-        assert folded.before_and_own(u) == (before, own), u
-        assert folded.names(u) == bool(own), u
+        assert lookup(packed, u) == (before, values.get(u, 0)), u
 
 
-def test_an_empty_service_reads_as_nothing() -> None:
-    keys, blob = pack({"a": 0})
-    assert (keys, blob) == ("", b"")
-    assert unpack(keys, blob) == {}
-    folded = Folded(keys, blob)
-    assert folded.total() == 0
-    assert folded.before_and_own("a") == (0, 0)
-    assert not folded.names("a")
+def test_an_empty_service_has_no_block() -> None:
+    assert pack({"a": 0}) == []
+    assert unpack([]) == {}

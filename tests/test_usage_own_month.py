@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from saia_ctl.accounting import ledger as L
+from saia_ctl.accounting import shares
 from saia_ctl.accounting.own_month import own_month
 from saia_ctl.accounting.report import monthly_report
 from saia_ctl.settings import Settings
@@ -65,10 +66,12 @@ def _compare(home: Path, engine: Any, tz: str, now: float) -> list[float]:
     return gpu
 
 
+@pytest.mark.parametrize("block", [shares.BLOCK, 3])  # 3: the users' shares in many blocks
 @pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin"])
 def test_usage_equals_the_report_not_folded_partly_folded_and_late(
-    rows: Rows, home: Path, engine: Any, tz: str
+    rows: Rows, home: Path, engine: Any, tz: str, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(shares, "BLOCK", block)
     now = MAY + 17.3 * DAY
     _month(rows, now)
     db = home / "saia.db"

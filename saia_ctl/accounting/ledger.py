@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # annotations only: stdlib at run time
 # time was taken (at most the busy timeout later).
 MARGIN = 900.0
 
-LEDGER_TABLES = ("ledger_users", "ledger_services", "ledger_days", "ledger_jobs")
+LEDGER_TABLES = ("ledger_users", "ledger_services", "ledger_gpu_blocks", "ledger_days", "ledger_jobs")
 
 _OPEN_SQL = "SELECT MIN(started_at) FROM requests WHERE ended_at IS NULL"
 _FIRST_SQL = f"SELECT MIN(t) FROM (SELECT MIN(started_at) AS t FROM requests UNION ALL SELECT MIN({JOB_START_SQL}) FROM jobs)"
@@ -348,7 +348,7 @@ def _prepare(conn: sqlite3.Connection, tz: str, due: Piece, span: Span) -> State
     out: Statements = []
     out.append(_level_rows(conn, "ledger_users", "user_id", key, span.users, span.user_lat))
     out.append(_level_rows(conn, "ledger_services", "service_id", key, span.services, span.service_lat))
-    out.append(_gpu_rows(conn, key, span.gpu))
+    out += _gpu_rows(conn, key, span.gpu)
     out.append(
         (
             "INSERT INTO ledger_days (tz, month, service_id, day, requests) VALUES (?, ?, ?, ?, ?)"
@@ -370,14 +370,21 @@ def _prepare(conn: sqlite3.Connection, tz: str, due: Piece, span: Span) -> State
 
 def read_gpu_shares(conn: sqlite3.Connection, key: tuple[str, str]) -> dict[str, dict[str, int]]:
     """A month's folded GPU time per service and user, in ns (``key``: zone, month)."""
-    sql = "SELECT service_id, gpu_users, gpu_ns FROM ledger_services WHERE tz = ? AND month = ?"
-    return {sv: shares.unpack(users, blob) for sv, users, blob in conn.execute(sql, key)}
+    sql = (
+        "SELECT service_id, keys, running FROM ledger_gpu_blocks WHERE tz = ? AND month = ?"
+        " ORDER BY service_id, first_key"
+    )
+    blocks: defaultdict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    for sv, keys, blob in conn.execute(sql, key):
+        blocks[sv].append((keys, blob))
+    return {sv: shares.unpack(b) for sv, b in blocks.items()}
 
 
 def _gpu_rows(
     conn: sqlite3.Connection, key: tuple[str, str], gpu: dict[tuple[str, str], float]
-) -> tuple[str, list[tuple[Any, ...]]]:
-    """The upsert adding a piece's attributed GPU time to each service's users."""
+) -> Statements:
+    """The writes adding a piece's attributed GPU time to each service's users: the
+    services' blocks made anew (a user added shifts every block after it)."""
     by_service: defaultdict[str, dict[str, float]] = defaultdict(dict)
     for (u, sv), secs in gpu.items():
         by_service[sv][u] = secs
@@ -387,14 +394,18 @@ def _gpu_rows(
         have = old.get(sv, {})
         for u, secs in add.items():
             have[u] = have.get(u, 0) + shares.to_ns(secs)
-        rows.append((*key, sv, *shares.pack(have)))
-    zeros = ", ".join("0" * _N)
-    return (
-        f"INSERT INTO ledger_services (tz, month, service_id, {COUNT_NAMES}, durations, ttfbs, gpu_users, gpu_ns)"
-        f" VALUES (?, ?, ?, {zeros}, X'', X'', ?, ?) ON CONFLICT (tz, month, service_id)"
-        " DO UPDATE SET gpu_users = excluded.gpu_users, gpu_ns = excluded.gpu_ns",
-        rows,
-    )
+        rows += [(*key, sv, *block) for block in shares.pack(have)]
+    return [
+        (
+            "DELETE FROM ledger_gpu_blocks WHERE tz = ? AND month = ? AND service_id = ?",
+            [(*key, sv) for sv in sorted(by_service)],
+        ),
+        (
+            "INSERT INTO ledger_gpu_blocks (tz, month, service_id, first_key, before_ns, keys, running)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        ),
+    ]
 
 
 def _write(conn: sqlite3.Connection, statements: Statements) -> None:

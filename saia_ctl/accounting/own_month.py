@@ -10,10 +10,10 @@ the same to the last digit:
 - attributed GPU-hours: the report splits each service's rounded GPU total among
   all its users and its idle time by cumulative rounding (``shares``), so a user's
   share needs three sums of the service's split — of the keys before the user, the
-  user's own, of all: the ledger's stored values of the folded part (read without
-  decoding the other users', ``shares.Folded``) plus the tail's attribution of that
-  service's jobs (all their requests, not only the user's), and the service's job
-  and idle time.
+  user's own, of all: from the ledger's blocks of the service's users (the block
+  that holds the user and the last one, ``shares.before_and_own``, ``total_of``: no
+  other user's entry decoded) plus the tail's attribution of that service's jobs
+  (all their requests, not only the user's), and the service's job and idle time.
 
 Stdlib only and cheap to import (no ``dataclasses``, ``json``, ``re`` or ``typing``):
 the request path answers with it, one process per request. A month with a rollup
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .gpu import JobSpan, attribute, clip
 from .row_sql import COUNTER_SQL, CURSOR_SQL, LATE_IN_SQL, LONG_OR_OPEN, LONG_REQUEST, jobs_in
-from .shares import Folded, milli_gpu_hours, order_key, share, to_ns
+from .shares import before_and_own, milli_gpu_hours, order_key, share, to_ns, total_of
 from .zones import month_bounds
 
 TYPE_CHECKING = False  # the request path answers with this module: no typing, no dataclasses
@@ -48,6 +48,17 @@ SELECT DISTINCT service_id FROM jobs WHERE id IN (
   SELECT job_id FROM requests WHERE ({LONG_OR_OPEN}) AND started_at < ? AND user_id = ?
 )
 """
+
+# A service's stored users (``shares.pack``): the block that holds, or would hold, a user (the
+# last whose first user is not after them in split order), and the last block (the total).
+_BLOCK_SQL = (
+    "SELECT before_ns, keys, running FROM ledger_gpu_blocks WHERE tz = ? AND month = ? AND service_id = ?"
+    " AND first_key <= ? ORDER BY first_key DESC LIMIT 1"
+)
+_LAST_BLOCK_SQL = (
+    "SELECT before_ns, running FROM ledger_gpu_blocks WHERE tz = ? AND month = ? AND service_id = ?"
+    " ORDER BY first_key DESC LIMIT 1"
+)
 
 # ``scan._BUSY_SQL`` for the jobs of one service: the requests that may be in flight during
 # [A, B) on that service's jobs (a request's row carries its job's service), by start time
@@ -102,18 +113,17 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
         if row[0]:
             counts = [x + int(y) for x, y in zip(counts, row, strict=True)]
 
-    # The folded shares of every service the user has time in, read only where a service's
-    # users name the user; the other services' only if the user has time there in the tail.
-    store: dict[str, tuple[str, bytes]] = {}  # decoded only for the services the user is on
-    named: set[str] = set()
+    # The user's folded share of each service with jobs this month: from the block of the
+    # service's users that holds (or would hold) the user, one look each.
+    me = order_key(user)
+    all_jobs = jobs_in(conn, a, b)
+    folded_of: dict[str, tuple[int, int]] = {}  # service -> (the users' before the user, own)
     if folded:
-        sql = "SELECT service_id, gpu_users, gpu_ns FROM ledger_services WHERE tz = ? AND month = ?"
-        needle = "\n" + order_key(user) + "\n"
-        for sv, keys, blob in conn.execute(sql, key):
-            if keys:
-                store[sv] = (keys, blob)
-                if needle in "\n" + keys + "\n":
-                    named.add(sv)
+        for sv in sorted({j.service for j in all_jobs}):
+            row = conn.execute(_BLOCK_SQL, (*key, sv, me)).fetchone()
+            if row is not None:
+                folded_of[sv] = before_and_own(row[0], row[1], row[2], user)
+    named = {sv for sv, (_, own) in folded_of.items() if own}
     tail_services: set[str] = set()
     if c < b:
         params = (user, c - LONG_REQUEST, b, c - LONG_REQUEST, user)
@@ -122,7 +132,7 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
     if not services:
         return OwnMonth(dict(zip(COUNTS, counts, strict=True)), 0)
 
-    month_jobs = [j for j in jobs_in(conn, a, b) if j.service in services]
+    month_jobs = [j for j in all_jobs if j.service in services]
     idle: dict[int, tuple[float, float]] = {}
     if folded and month_jobs:
         sql = "SELECT job_id, idle_gpu_seconds, idle_ready_gpu_seconds FROM ledger_jobs WHERE tz = ? AND month = ?"
@@ -144,11 +154,11 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
             continue
         gpu_seconds[job.service] = gpu_seconds.get(job.service, 0.0) + (run_b - run_a) * float(job.gpus)
         idle_seconds[job.service] = idle_seconds.get(job.service, 0.0) + idle.get(job.id, (0.0, 0.0))[0]
-    me = order_key(user)
     for sv, g in gpu_seconds.items():  # report.split_gpu: the user's share of the service's split
-        stored = Folded(*store.get(sv, ("", b"")))
-        before, own = stored.before_and_own(user)
-        whole = stored.total()
+        before, own = folded_of.get(sv, (0, 0))
+        whole = 0
+        if folded and (last := conn.execute(_LAST_BLOCK_SQL, (*key, sv)).fetchone()) is not None:
+            whole = total_of(last[0], last[1])
         added = tail.get(sv, {})
         own += added.get(user, 0)
         if not own:

@@ -13,8 +13,9 @@ exactly, and each is the floor or the ceiling of its exact quota T·v/S (the quo
 of largest remainders). Unlike largest remainders, one key's share needs only three
 sums — of the keys before it, its own, of all — so ``GET /v1/usage`` reads one user's
 share without the other users' values: the ledger stores a service's users in that
-order with their values packed (``pack``), and ``Folded`` finds the sum before a user
-with a string search and a sum over a slice, in C.
+order in blocks of consecutive users, each with the sum of the blocks before it and
+its users' running sums (``pack``), so one user's share reads one block (found by
+its first user in the table's key order) and the service's last.
 
 Stdlib only and cheap to import: the request path's usage answer reads it.
 """
@@ -75,54 +76,69 @@ def split(values: dict[str, int], total: int) -> dict[str, int]:
     return out
 
 
+BLOCK = 128  # users per stored block: one user's share reads ~4 KB, not the service's all
+
+
 def _ints(blob: bytes | None) -> tuple[int, ...]:
     """Little-endian int64s (``struct``, not ``array``: that imports ``collections``)."""
     return struct.unpack(f"<{len(blob) // 8}q", blob) if blob else ()
 
 
-def pack(users: dict[str, int]) -> tuple[str, bytes]:
-    """A service's users as stored in the ledger: their encoded ids in split order, one per
-    line, and their nanoseconds as little-endian int64 in the same order (zeros left out)."""
+def _running_at(blob: bytes, i: int) -> int:
+    """The running sum up to and including the ``i``-th user of a block (0 before the first)."""
+    return struct.unpack_from("<q", blob, 8 * i)[0] if i >= 0 else 0
+
+
+def pack(users: dict[str, int]) -> list[tuple[str, int, str, bytes]]:
+    """A service's users as the ledger stores them: in split order, in blocks of ``BLOCK``
+    consecutive users, each block (its first user's encoded id, the sum of the blocks before
+    it, its users' encoded ids each between newlines, the running sums of their nanoseconds
+    as little-endian int64). Users without time are left out."""
     pairs = sorted((order_key(u), ns) for u, ns in users.items() if ns and u != IDLE)
-    return "\n".join(k for k, _ in pairs), struct.pack(f"<{len(pairs)}q", *(ns for _, ns in pairs))
+    out: list[tuple[str, int, str, bytes]] = []
+    before = 0
+    for at in range(0, len(pairs), BLOCK):
+        chunk = pairs[at : at + BLOCK]
+        running, sums = before, []
+        for _, ns in chunk:
+            running += ns
+            sums.append(running - before)
+        keys = "\n" + "\n".join(k for k, _ in chunk) + "\n"
+        out.append((chunk[0][0], before, keys, struct.pack(f"<{len(sums)}q", *sums)))
+        before = running
+    return out
 
 
-def unpack(keys: str | None, blob: bytes | None) -> dict[str, int]:
-    """``pack``'s users back (user id -> ns)."""
-    if not keys:
-        return {}
-    names = cjson.loads("[" + keys.replace("\n", ",") + "]")
-    return dict(zip(names, _ints(blob), strict=True))
+def unpack(blocks: list[tuple[str, bytes]]) -> dict[str, int]:
+    """``pack``'s users back (user id -> ns) from its blocks' (keys, running sums), in order."""
+    out: dict[str, int] = {}
+    for keys, blob in blocks:
+        names = cjson.loads("[" + keys[1:-1].replace("\n", ",") + "]")
+        sums = _ints(blob)
+        out.update(zip(names, (b - a for a, b in zip((0, *sums), sums, strict=False)), strict=True))
+    return out
 
 
-class Folded:
-    """A service's stored users, read for one user's share without decoding the others'."""
+def total_of(before: int, blob: bytes) -> int:
+    """The service's total from its last block: the blocks before it plus its own."""
+    return before + _running_at(blob, len(blob) // 8 - 1)
 
-    __slots__ = ("_keys", "_values")
 
-    def __init__(self, keys: str | None, blob: bytes | None) -> None:
-        self._keys = "\n" + keys + "\n" if keys else "\n"
-        self._values = _ints(blob)
-
-    def names(self, key: str) -> bool:
-        return ("\n" + order_key(key) + "\n") in self._keys
-
-    def total(self) -> int:
-        return sum(self._values)
-
-    def before_and_own(self, key: str) -> tuple[int, int]:
-        """The sum of the users before ``key`` in split order, and ``key``'s own value."""
-        enc = order_key(key)
-        at = self._keys.find("\n" + enc + "\n")
-        if at >= 0:
-            i = self._keys.count("\n", 0, at)
-            return sum(self._values[:i]), self._values[i]
-        lines = self._keys[1:-1].split("\n") if len(self._keys) > 1 else []
-        lo, hi = 0, len(lines)
-        while lo < hi:  # the number of stored keys before enc
-            mid = (lo + hi) // 2
-            if lines[mid] < enc:
-                lo = mid + 1
-            else:
-                hi = mid
-        return sum(self._values[:lo]), 0
+def before_and_own(before: int, keys: str, blob: bytes, key: str) -> tuple[int, int]:
+    """From the block whose first user is the last one not after ``key`` in split order: the
+    sum of the service's users before ``key``, and ``key``'s own value (0 if not stored)."""
+    enc = order_key(key)
+    at = keys.find("\n" + enc + "\n")
+    if at >= 0:
+        i = keys.count("\n", 0, at)
+        low = _running_at(blob, i - 1)
+        return before + low, _running_at(blob, i) - low
+    lines = keys[1:-1].split("\n")
+    lo, hi = 0, len(lines)
+    while lo < hi:  # the number of the block's users before enc
+        mid = (lo + hi) // 2
+        if lines[mid] < enc:
+            lo = mid + 1
+        else:
+            hi = mid
+    return before + _running_at(blob, lo - 1), 0
