@@ -164,7 +164,7 @@ def own_month(conn: sqlite3.Connection, month: str, tz: str, now: float, user: s
         if not own:
             continue
         whole += sum(added.values())
-        before += sum(ns for u, ns in added.items() if u != user and order_key(u) < me)
+        before += sum(ns for u, ns in added.items() if order_key(u) < me)
         idle_ns = to_ns(idle_seconds[sv])  # IDLE comes first
         milli += share(idle_ns + before, own, idle_ns + whole, milli_gpu_hours(g))
     return OwnMonth(dict(zip(COUNTS, counts, strict=True)), milli)

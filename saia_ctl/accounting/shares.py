@@ -23,6 +23,8 @@ Stdlib only and cheap to import: the request path's usage answer reads it.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
+from itertools import accumulate
 
 from .. import cjson
 
@@ -99,13 +101,10 @@ def pack(users: dict[str, int]) -> list[tuple[str, int, str, bytes]]:
     before = 0
     for at in range(0, len(pairs), BLOCK):
         chunk = pairs[at : at + BLOCK]
-        running, sums = before, []
-        for _, ns in chunk:
-            running += ns
-            sums.append(running - before)
+        sums = list(accumulate(ns for _, ns in chunk))
         keys = "\n" + "\n".join(k for k, _ in chunk) + "\n"
         out.append((chunk[0][0], before, keys, struct.pack(f"<{len(sums)}q", *sums)))
-        before = running
+        before += sums[-1]
     return out
 
 
@@ -133,12 +132,5 @@ def before_and_own(before: int, keys: str, blob: bytes, key: str) -> tuple[int, 
         i = keys.count("\n", 0, at)
         low = _running_at(blob, i - 1)
         return before + low, _running_at(blob, i) - low
-    lines = keys[1:-1].split("\n")
-    lo, hi = 0, len(lines)
-    while lo < hi:  # the number of the block's users before enc
-        mid = (lo + hi) // 2
-        if lines[mid] < enc:
-            lo = mid + 1
-        else:
-            hi = mid
-    return before + _running_at(blob, lo - 1), 0
+    ahead = bisect_left(keys[1:-1].split("\n"), enc)  # the block's users before enc
+    return before + _running_at(blob, ahead - 1), 0
